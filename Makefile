@@ -1,0 +1,24 @@
+# Two entry points: `make demo` (tiny end-to-end run) and `make test` (the CPU test suite).
+# Both create the virtualenv on first use and reuse it afterwards (rebuilt when requirements.txt changes).
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+export TF_CPP_MIN_LOG_LEVEL := 3
+export TF_ENABLE_ONEDNN_OPTS := 0
+
+.PHONY: setup demo test bench
+
+$(STAMP): requirements.txt pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements.txt
+	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
+	touch $@
+
+setup: $(STAMP)
+
+demo: setup
+	$(PY) -m vitra_jax.demo --out out/demo
+
+test: setup
+	$(PY) -m pytest -q -n 2 --durations=15 tests

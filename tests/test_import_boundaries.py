@@ -1,0 +1,28 @@
+"""The numpy-only contracts must import without JAX, TensorFlow or torch (the robot PC and the labeling
+pipeline load them in their own environments)."""
+
+import pkgutil
+import subprocess
+import sys
+
+import vitra_jax.handspace
+
+HEAVY = ("jax", "tensorflow", "torch", "flax")
+
+
+def test_handspace_imports_no_heavy_framework():
+    modules = [m.name for m in pkgutil.walk_packages(vitra_jax.handspace.__path__, "vitra_jax.handspace.")]
+    assert "vitra_jax.handspace.layout" in modules
+    code = (
+        "import importlib, sys\n"
+        f"for m in {modules!r}: importlib.import_module(m)\n"
+        f"print(sorted(h for h in {HEAVY!r} if h in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout
+
+
+def test_package_root_is_light():
+    code = "import sys, vitra_jax; print(sorted(h for h in %r if h in sys.modules))" % (HEAVY,)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
