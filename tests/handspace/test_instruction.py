@@ -1,0 +1,32 @@
+"""Instruction format, its inverse, flips and per-frame captions."""
+
+import pytest
+
+from vitra_jax.handspace import instruction as ins
+
+
+def test_format_and_parse():
+    s = ins.format_instruction(None, "  Pick up the spray bottle")
+    assert s == "Left hand: None. Right hand: Pick up the spray bottle."
+    assert ins.parse_instruction(s) == (None, "Pick up the spray bottle.")
+    with pytest.raises(ValueError, match="not a two-hand instruction"):
+        ins.parse_instruction("pick it up")
+
+
+def test_flip_swaps_slots_and_words_but_not_inside_words():
+    s = ins.format_instruction("Hold the upright leftover jar with the left hand.", "Turn right.")
+    assert ins.flip_instruction(s) == (
+        "Left hand: Turn left. Right hand: Hold the upright leftover jar with the right hand."
+    )
+    assert ins.flip_instruction(ins.flip_instruction(s)) == s
+
+
+def test_captions_at_frame():
+    text = {
+        "right": [("Pick up the spray bottle.", (0, 25))],
+        "left": [("Wave.", (5, 10)), ("Rest.", (10, 12))],
+    }
+    assert ins.captions_at_frame(text, "right", 0) == {"left": None, "right": "Pick up the spray bottle."}
+    assert ins.captions_at_frame(text, "right", 10) == {"left": "Rest.", "right": "Pick up the spray bottle."}
+    assert ins.captions_at_frame(text, "left", 20) == {"left": "Wave.", "right": "Pick up the spray bottle."}
+    assert ins.captions_at_frame({"right": [("Go.", (3, 5))]}, "left", 5) == {"left": None, "right": None}

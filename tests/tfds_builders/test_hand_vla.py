@@ -1,0 +1,175 @@
+"""hand_vla builder: demo build in both file formats, OXE-style reading, bad-input skips, the tfds CLI."""
+
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from tfds_builders.hand_vla import hand_vla_dataset_builder as hv
+from vitra_jax.handspace import episode as E
+from vitra_jax.handspace import trajectory
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+CLIP = "videos/03cc49c3-a7d1-445b-9a2a-545c4fae6843.mp4"
+NPY = "videos/Ego4D_03cc49c3-a7d1-445b-9a2a-545c4fae6843_ep_example.npy"
+
+
+def _build(config, data_dir, manual_dir=None, file_format="tfrecord"):
+    b = hv.Builder(config=config, data_dir=str(data_dir), file_format=file_format)
+    manual = str(manual_dir) if manual_dir else None
+    b.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=manual))
+    return b
+
+
+@pytest.fixture(scope="module")
+def demo_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("demo")
+    _build("demo", d)
+    return d / "hand_vla" / "demo" / "1.0.0"
+
+
+def _oxe_trajectories(ds: tf.data.Dataset) -> tf.data.Dataset:
+    """How octo/dlimp read RLDS: each episode's steps stacked into one trajectory dict."""
+    return ds.map(lambda ep: ep["steps"].batch(1 << 30).get_single_element())
+
+
+def test_demo_tfrecord_reads_back_oxe_style(demo_dir):
+    b = tfds.builder_from_directory(str(demo_dir))
+    assert b.info.splits["train"].num_examples == 8
+    assert sum(f.stat().st_size for f in demo_dir.iterdir()) < 2_000_000
+    trajs = list(_oxe_trajectories(b.as_dataset(split="train")).as_numpy_iterator())
+    assert len(trajs) == 8
+    for tr in trajs:
+        assert tr["action"].shape == (24, 102) and tr["observation"]["state"].shape == (24, 102)
+        assert tr["observation"]["image"].shape == (24, 128, 128, 3)
+        assert tr["is_first"].tolist() == [True] + [False] * 23
+        assert tr["is_last"].tolist() == [False] * 23 + [True] and tr["reward"][-1] == 1.0
+        text = tr["language_instruction"][0].decode()
+        assert text.startswith("Left hand: ") and "Reach for the" in text and "None." in text
+        # Stored actions are the one-step targets of the stored world poses and cameras.
+        hands = {h: trajectory.HandTrack(
+            wrist=tr["hands"][h]["wrist"].astype(np.float64),
+            orient=tr["hands"][h]["orient"].astype(np.float64),
+            hand_pose=tr["hands"][h]["hand_pose"].astype(np.float64), joints=tr["hands"][h]["joints"],
+            kept=tr["hands"][h]["kept"], beta=np.zeros(10)) for h in ("left", "right")}
+        ref = trajectory.step_targets(hands, tr["camera"]["extrinsics"].astype(np.float64))
+        np.testing.assert_allclose(tr["action"], ref.action, atol=2e-5)
+        assert tr["action_mask"][:-1].all() and not tr["action_mask"][-1].any()
+    # Hands are drawn: pixels under the projected right wrist differ from the background texture.
+    img = trajs[0]["observation"]["image"]
+    assert img.std() > 10 and (np.abs(img[0].astype(int) - img[-1].astype(int)).sum(-1) > 60).mean() > 0.005
+
+
+def test_demo_is_deterministic_and_array_record_matches(demo_dir, tmp_path):
+    _build("demo", tmp_path, file_format="array_record")
+    raw = {"steps": {"observation": {"image": tfds.decode.SkipDecoding()}}}  # compare the JPEG bytes
+    source = tfds.data_source("hand_vla/demo", data_dir=str(tmp_path), decoders=raw)["train"]
+    assert len(source) == 8
+    records = [source[i] for i in range(len(source))]
+    tf_ds = tfds.builder_from_directory(str(demo_dir)).as_dataset(split="train", decoders=raw)
+    tf_eps = list(tfds.as_numpy(tf_ds))
+    by_name = {r["episode_metadata"]["video_name"]: r for r in records}
+    for ep in tf_eps:
+        rec = by_name[ep["episode_metadata"]["video_name"]]
+        steps = list(ep["steps"])
+        rec_steps = [rec["steps"][i] for i in range(len(rec["steps"]))]  # steps decode lazily, one by one
+        assert len(rec_steps) == len(steps) == 24
+        for a, b in zip(rec_steps, steps):
+            np.testing.assert_array_equal(a["action"], b["action"])
+            assert a["observation"]["image"] == b["observation"]["image"]
+            assert a["language_instruction"] == b["language_instruction"]
+
+
+def _write_bad_inputs(root: pathlib.Path, fixtures: pathlib.Path) -> None:
+    ep = E.from_vitra(E.load_vitra_npy(fixtures / NPY), video=str(fixtures / CLIP), source="Ego4D")
+    E.write_episode(root / "good", ep)
+    arrays = dict(np.load(root / "good.npz"))
+    meta = (root / "good.json").read_text()
+
+    def variant(name, meta_text=meta, **changes):
+        np.savez(root / f"{name}.npz", **{**arrays, **changes})
+        (root / f"{name}.json").write_text(meta_text)
+
+    nan_wrist = arrays["right/wrist"].copy()
+    nan_wrist[7, 2] = np.nan
+    variant("nan", **{"right/wrist": nan_wrist})
+    variant("idle", **{"right/kept": np.zeros(25, bool)})
+    variant("short", **{"extrinsics": arrays["extrinsics"][:20]})
+    variant("missing", meta.replace(CLIP.split("/")[-1], "gone.mp4"))
+    (root / "garbage.mp4").write_bytes(b"not a video" * 100)
+    variant("corrupt", meta.replace(str(fixtures / CLIP), str(root / "garbage.mp4")))
+
+
+def test_bad_inputs_are_skipped_and_counted(fixtures_dir, tmp_path):
+    manual = tmp_path / "episodes"
+    manual.mkdir()
+    _write_bad_inputs(manual, fixtures_dir)
+    b = _build("episodes", tmp_path / "out", manual)
+    assert dict(b.skipped) == {"length_mismatch": 1, "missing_video": 1, "no_valid_frames": 1,
+                               "non_finite": 1, "unreadable_video": 1}
+    assert b.info.splits["train"].num_examples == 1
+    built = tfds.builder_from_directory(str(tmp_path / "out/hand_vla/episodes/1.0.0"))
+    (ep,) = built.as_dataset(split="train")
+    assert ep["episode_metadata"]["file_path"].numpy().decode().endswith("good")
+
+
+def test_no_usable_episode_fails_without_a_finished_dataset(fixtures_dir, tmp_path):
+    manual = tmp_path / "episodes"
+    manual.mkdir()
+    _write_bad_inputs(manual, fixtures_dir)
+    for p in manual.glob("good.*"):
+        p.unlink()
+    with pytest.raises(RuntimeError, match="no usable episode among 5 inputs"):
+        _build("episodes", tmp_path / "out", manual)
+    assert not list((tmp_path / "out").rglob("dataset_info.json"))
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "notes.txt").write_text("no episodes here")
+    with pytest.raises(FileNotFoundError, match="no episodes inputs under"):
+        _build("episodes", tmp_path / "out2", empty)
+
+
+def test_custom_short_side_config_rescales_images_and_intrinsics(fixtures_dir, tmp_path):
+    raw = tmp_path / "raw" / "Ego4D"
+    (raw / "episodic_annotations").mkdir(parents=True)
+    (raw / "videos").mkdir()
+    (raw / "episodic_annotations" / pathlib.Path(NPY).name).symlink_to(fixtures_dir / NPY)
+    (raw / "videos" / pathlib.Path(CLIP).name).symlink_to(fixtures_dir / CLIP)
+    config = hv.HandVlaConfig(name="vitra1m_112", source="vitra1m", short_side=112)
+    (ep,) = tfds.as_numpy(_build(config, tmp_path / "out", tmp_path / "raw").as_dataset(split="train"))
+    step = next(iter(ep["steps"]))
+    assert step["observation"]["image"].shape == (112, 146, 3)
+    np.testing.assert_allclose(step["camera"]["intrinsics"][:2, 2], [73, 56])
+    with pytest.raises(ValueError, match="unknown source 'videos'"):
+        _build(hv.HandVlaConfig(name="x", source="videos"), tmp_path / "out2", tmp_path / "raw")
+
+
+def test_tfds_cli_builds_demo(tmp_path, demo_dir):
+    tfds_bin = pathlib.Path(sys.executable).parent / "tfds"
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "HAND_VLA_WORKERS": "2"}
+    cmd = [str(tfds_bin), "build", "tfds_builders/hand_vla", "--config=demo", f"--data_dir={tmp_path}",
+           "--file_format=array_record"]
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=170)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = tmp_path / "hand_vla" / "demo" / "1.0.0"
+    assert (out / "hand_vla-train.array_record-00000-of-00001").exists()
+    assert tfds.builder_from_directory(str(out)).info.splits["train"].num_examples == 8
+    # Two worker processes give the same records as the single-process build.
+    raw = {"steps": {"observation": {"image": tfds.decode.SkipDecoding()}}}
+    cli = tfds.data_source("hand_vla/demo", data_dir=str(tmp_path), decoders=raw)["train"]
+    images = {}
+    for i in range(len(cli)):
+        steps = cli[i]["steps"]
+        name = cli[i]["episode_metadata"]["video_name"]
+        images[name] = [steps[j]["observation"]["image"] for j in range(24)]
+    ref = tfds.builder_from_directory(str(demo_dir)).as_dataset(split="train", decoders=raw)
+    for ep in tfds.as_numpy(ref):
+        name = ep["episode_metadata"]["video_name"]
+        assert [s["observation"]["image"] for s in ep["steps"]] == images[name]
+    shutil.rmtree(tmp_path / "downloads", ignore_errors=True)

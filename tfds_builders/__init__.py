@@ -1,0 +1,1 @@
+"""TFDS dataset builders of this project (one folder per dataset)."""

@@ -1,0 +1,1 @@
+"""Data: hand_vla RLDS episodes turned into policy training samples."""
