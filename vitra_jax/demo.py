@@ -115,19 +115,14 @@ def final_wrist_error(path: np.ndarray, truth: np.ndarray, mask: np.ndarray) -> 
     return errors
 
 
-def main(_):
-    import tensorflow_datasets as tfds
-    from absl import logging
-
-    logging.set_verbosity(logging.WARNING)
-    tfds.disable_progress_bar()
-    out = pathlib.Path(_OUT.value)
+def run(out: pathlib.Path, steps: int, batch_size: int, held_out_episodes: int, seed: int) -> dict:
+    """The whole demo; returns the figures it prints."""
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
     print("[1/5] building the demo hand_vla dataset")
     episodes = build_demo_dataset(out / "data")
-    held_out = episodes[-_HELD_OUT.value:]
-    train_samples = [s for ep in episodes[: -_HELD_OUT.value] for s in chunks.episode_samples(ep)
+    held_out = episodes[-held_out_episodes:]
+    train_samples = [s for ep in episodes[: -held_out_episodes] for s in chunks.episode_samples(ep)
                      if s["action_mask"].any()]
     print(f"      {len(episodes)} episodes; {len(train_samples)} training samples")
 
@@ -140,13 +135,13 @@ def main(_):
 
     print("[3/5] initialising the tiny policy")
     policy = policy_lib.VitraPolicy(cfg)
-    params = policy_lib.init_cognition_from_embedding(policy.init(jax.random.key(_SEED.value)))
+    params = policy_lib.init_cognition_from_embedding(policy.init(jax.random.key(seed)))
     n_params = sum(x.size for x in jax.tree.leaves(params))
     print(f"      {n_params / 1e6:.2f}M parameters")
 
-    print(f"[4/5] training {_STEPS.value} steps")
+    print(f"[4/5] training {steps} steps")
     batch = to_batch(policy, train_samples, tokenizer, normalizer)
-    params, losses = train(policy, params, batch, _STEPS.value, _BATCH.value, _SEED.value)
+    params, losses = train(policy, params, batch, steps, batch_size, seed)
     viz.save_rgb(out / "loss.png", viz.loss_curve(losses))
 
     print("[5/5] predicting held-out chunks")
@@ -170,13 +165,26 @@ def main(_):
                 viz.draw_wrist_paths(img, k, path, np.vstack([hand_mask[:1], hand_mask]), viz.PREDICTION)
             viz.save_rgb(out / f"prediction_ep{j}_t{t:02d}.png", img)
 
+    results = {"loss_start": float(losses[:20].mean()), "loss_end": float(losses[-20:].mean()),
+               "policy_error_m": float(np.mean(model_err)), "still_error_m": float(np.mean(still_err)),
+               "wall_s": time.perf_counter() - t_start}
     print()
     print("| what | value |\n|---|---|")
-    print(f"| training loss, first 20 steps -> last 20 steps | {losses[:20].mean():.4f} -> {losses[-20:].mean():.4f} |")
-    print(f"| held-out wrist error at chunk end, policy (mean of 4 samples) | {100 * np.mean(model_err):.2f} cm |")
-    print(f"| held-out wrist error at chunk end, hand-stays-still baseline | {100 * np.mean(still_err):.2f} cm |")
-    print(f"| wall time | {time.perf_counter() - t_start:.0f} s |")
+    print(f"| training loss, first 20 steps -> last 20 steps | {results['loss_start']:.4f} -> {results['loss_end']:.4f} |")
+    print(f"| held-out wrist error at chunk end, policy (mean of 4 samples) | {100 * results['policy_error_m']:.2f} cm |")
+    print(f"| held-out wrist error at chunk end, hand-stays-still baseline | {100 * results['still_error_m']:.2f} cm |")
+    print(f"| wall time | {results['wall_s']:.0f} s |")
     print(f"pictures in {out}/ (prediction_*.png, loss.png)")
+    return results
+
+
+def main(_):
+    import tensorflow_datasets as tfds
+    from absl import logging
+
+    logging.set_verbosity(logging.WARNING)
+    tfds.disable_progress_bar()
+    run(pathlib.Path(_OUT.value), _STEPS.value, _BATCH.value, _HELD_OUT.value, _SEED.value)
 
 
 if __name__ == "__main__":
