@@ -3,7 +3,7 @@
 Axis key: B batch, P patches, D width, N heads, H head dim, F MLP width, L depth.
 Parameters live under `embedding`, `pos_embedding`, `Transformer/encoderblock/...` (stacked over L by
 `nn.scan`, as in big_vision checkpoints) and `Transformer/encoder_norm`. The projector into the text width
-(`head`) belongs to PaliGemma, not to this module.
+(`head`, a Dense to `num_classes`) is added only when `num_classes` is set, as PaliGemma does.
 """
 
 from __future__ import annotations
@@ -90,9 +90,10 @@ class Encoder(nn.Module):
 
 
 class SiglipEncoder(nn.Module):
-    """Images (B, H, W, 3) in [-1, 1] -> patch features (B, P, D) after the final LayerNorm."""
+    """Images (B, H, W, 3) in [-1, 1] -> patch features (B, P, D), or (B, P, num_classes) via `head`."""
 
     cfg: SiglipConfig
+    num_classes: int | None = None
     dtype: str = "float32"
     remat: str = "none"
 
@@ -108,4 +109,7 @@ class SiglipEncoder(nn.Module):
         pos = self.param("pos_embedding", nn.initializers.normal(1 / cfg.width**0.5),
                          (1, cfg.num_patches, cfg.width))
         x = (x + pos).astype(self.dtype)
-        return Encoder(cfg, self.dtype, self.remat, name="Transformer")(x)
+        x = Encoder(cfg, self.dtype, self.remat, name="Transformer")(x)
+        if self.num_classes:
+            x = nn.Dense(self.num_classes, dtype=self.dtype, name="head")(x)
+        return x
