@@ -173,3 +173,38 @@ def test_tfds_cli_builds_demo(tmp_path, demo_dir):
         name = ep["episode_metadata"]["video_name"]
         assert [s["observation"]["image"] for s in ep["steps"]] == images[name]
     shutil.rmtree(tmp_path / "downloads", ignore_errors=True)
+
+
+def test_egoexo4d_frames_and_intrinsics_are_centre_cropped(fixtures_dir, tmp_path):
+    """EgoExo4D keeps the centre 256/448 of each side; intrinsics follow the release's crop-then-resize
+    formula (written out here per axis, for a frame of 2c pixels along that axis)."""
+    import cv2
+
+    from tfds_builders.hand_vla import examples, sources
+
+    raw = tmp_path / "EgoExo4D"
+    (raw / "episodic_annotations").mkdir(parents=True)
+    (raw / "videos").mkdir()
+    (raw / "episodic_annotations" / pathlib.Path(NPY).name).symlink_to(fixtures_dir / NPY)
+    (raw / "videos" / pathlib.Path(CLIP).name).symlink_to(fixtures_dir / CLIP)
+    ep, frames = sources.load_vitra1m(str(raw / "episodic_annotations" / pathlib.Path(NPY).name), 128)
+    k0 = E.load_vitra_npy(fixtures_dir / NPY)["intrinsics"]
+    h, w = frames.shape[1:3]
+    k = examples.episode_example(ep, frames, "x", 0)["steps"][0]["camera"]["intrinsics"]
+    fraction = 256 / 448
+    for axis, size in ((0, w), (1, h)):
+        crop = fraction * 2 * k0[axis, 2]
+        scale = size / crop
+        assert k[axis, axis] == pytest.approx(k0[axis, axis] * scale, rel=1e-5)
+        assert k[axis, 2] == pytest.approx((k0[axis, 2] - (2 * k0[axis, 2] - crop) / 2) * scale, rel=1e-5)
+    cap = cv2.VideoCapture(str(fixtures_dir / CLIP))
+    cap.set(cv2.CAP_PROP_POS_FRAMES, int(ep.frame_index[0]))
+    ok, bgr = cap.read()
+    cap.release()
+    assert ok
+    fh, fw = bgr.shape[:2]
+    ch, cw = round(fh * fraction), round(fw * fraction)
+    window = bgr[(fh - ch) // 2:(fh - ch) // 2 + ch, (fw - cw) // 2:(fw - cw) // 2 + cw]
+    expected = cv2.cvtColor(cv2.resize(window, (w, h), interpolation=cv2.INTER_AREA), cv2.COLOR_BGR2RGB)
+    np.testing.assert_array_equal(frames[0], expected)
+    assert min(h, w) == 128

@@ -36,22 +36,24 @@ SOURCES = ("demo", "vitra1m", "episodes")
 
 @dataclasses.dataclass
 class HandVlaConfig(tfds.core.BuilderConfig):
-    """`source`: one of SOURCES; `short_side`: stored image short side (px); `num_demo_episodes`."""
+    """`source`: one of SOURCES; `short_side`: stored image short side (px); `num_demo_episodes`;
+    `clip_len`: frames per part where vitra1m videos are split into `{video}_part{k}.mp4`."""
 
     source: str = "episodes"
     short_side: int = 224
+    clip_len: int = 2000
     num_demo_episodes: int = 8
     seed: int = 0
 
 
-def _load(kind: str, short_side: int, seed: int, job: tuple[int, str]) -> tuple[str, dict | EpisodeError]:
+def _load(kind: str, short_side: int, seed: int, clip_len: int, job: tuple[int, str]) -> tuple[str, dict | EpisodeError]:
     """(item, RLDS example) or (item, EpisodeError) for job = (episode_id, item); runs in worker processes."""
     episode_id, item = job
     try:
         if kind == "demo":
             ep, frames = demo.demo_episode(int(item), seed)
         elif kind == "vitra1m":
-            ep, frames = sources.load_vitra1m(item, short_side)
+            ep, frames = sources.load_vitra1m(item, short_side, clip_len)
         else:
             ep, frames = sources.load_episode_file(item, short_side)
         return item, examples.episode_example(ep, frames, item, episode_id)
@@ -108,7 +110,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
 
     def _generate_examples(self, items: list[str]):
         cfg = self.builder_config
-        load: Callable = functools.partial(_load, cfg.source, cfg.short_side, cfg.seed)
+        load: Callable = functools.partial(_load, cfg.source, cfg.short_side, cfg.seed, cfg.clip_len)
         workers = int(os.environ.get("HAND_VLA_WORKERS", "1"))
         self.skipped.clear()
         written = 0

@@ -1,4 +1,7 @@
-"""Decode only the needed frames of a video with OpenCV, resized to a short side."""
+"""Decode only the needed frames of a video with OpenCV, resized to a short side.
+
+A video may also be stored as consecutive parts `{video}_part1.mp4`, `{video}_part2.mp4`, … of `clip_len`
+frames each (the release's optional layout for faster seeking); `read_frames_from_parts` reads those."""
 
 from __future__ import annotations
 
@@ -11,8 +14,17 @@ from vitra_jax.handspace.episode import EpisodeError
 from vitra_jax.handspace.geometry import short_side_size
 
 
-def read_frames(path: str, frame_index: np.ndarray, short_side: int) -> np.ndarray:
-    """RGB frames (T, H, W, 3) uint8 at `frame_index` (sorted or not), resized so min(H, W) = short_side."""
+def center_crop(image: np.ndarray, fraction: float) -> np.ndarray:
+    """The centred window keeping `fraction` of each side."""
+    h, w = image.shape[:2]
+    ch, cw = int(round(h * fraction)), int(round(w * fraction))
+    top, left = (h - ch) // 2, (w - cw) // 2
+    return image[top:top + ch, left:left + cw]
+
+
+def read_frames(path: str, frame_index: np.ndarray, short_side: int, crop_fraction: float = 1.0) -> np.ndarray:
+    """RGB frames (T, H, W, 3) uint8 at `frame_index` (sorted or not), centre-cropped to `crop_fraction` of
+    each side, then resized so min(H, W) = short_side."""
     if not os.path.isfile(path):
         raise EpisodeError("missing_video", path)
     cap = cv2.VideoCapture(path)
@@ -31,6 +43,8 @@ def read_frames(path: str, frame_index: np.ndarray, short_side: int) -> np.ndarr
                 ok, bgr = cap.retrieve()
                 if not ok:
                     raise EpisodeError("unreadable_video", f"{path}: frame {i} does not decode")
+                if crop_fraction < 1.0:
+                    bgr = center_crop(bgr, crop_fraction)
                 h, w = bgr.shape[:2]
                 size = short_side_size(w, h, short_side)
                 small = cv2.resize(bgr, size, interpolation=cv2.INTER_AREA)
@@ -38,3 +52,21 @@ def read_frames(path: str, frame_index: np.ndarray, short_side: int) -> np.ndarr
     finally:
         cap.release()
     return np.stack([frames[int(i)] for i in frame_index])
+
+
+def read_frames_from_parts(parts: list[str], frame_index: np.ndarray, short_side: int,
+                           clip_len: int, crop_fraction: float = 1.0) -> np.ndarray:
+    """Like `read_frames` for a video split into parts of `clip_len` frames (`parts[k]` holds frames
+    k·clip_len … (k+1)·clip_len − 1); an episode may span several parts."""
+    frame_index = np.asarray(frame_index, dtype=np.int64)
+    part_of = frame_index // clip_len
+    if part_of.max() >= len(parts):
+        raise EpisodeError("missing_video", f"frame {int(frame_index.max())} needs part {int(part_of.max()) + 1} "
+                                            f"of {len(parts)} ({parts[0]} ...)")
+    out: list[np.ndarray | None] = [None] * len(frame_index)
+    for k in np.unique(part_of):
+        rows = np.flatnonzero(part_of == k)
+        frames = read_frames(parts[k], frame_index[rows] - k * clip_len, short_side, crop_fraction)
+        for r, f in zip(rows, frames):
+            out[r] = f
+    return np.stack(out)

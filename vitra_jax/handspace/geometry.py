@@ -59,6 +59,16 @@ def resize_intrinsics(k: np.ndarray, width: int, height: int) -> np.ndarray:
     return k
 
 
+def center_crop_intrinsics(k: np.ndarray, fraction: float) -> np.ndarray:
+    """Intrinsics of the centred crop keeping `fraction` of each side of the image (size 2cx × 2cy) that `k`
+    describes; pixels stay the same size, the principal point moves. Followed by `resize_intrinsics`, this
+    equals the release's `compute_new_intrinsics_crop` for EgoExo4D."""
+    k = np.asarray(k, dtype=np.float64).copy()
+    k[0, 2] -= (1.0 - fraction) * k[0, 2]
+    k[1, 2] -= (1.0 - fraction) * k[1, 2]
+    return k
+
+
 def fov_from_intrinsics(k: np.ndarray, width: int, height: int) -> tuple[float, float]:
     """Horizontal and vertical field of view (radians) of a width × height image."""
     return (float(2 * np.arctan(width / (2 * k[0, 0]))), float(2 * np.arctan(height / (2 * k[1, 1]))))
