@@ -1,6 +1,6 @@
 """The README main job: a tiny end-to-end VITRA run on the procedural `demo` hand_vla dataset.
 
-    python -m vitra_jax.demo --out out/demo [--steps 400]
+    python -m vitra_jax.demo --out out/demo [--steps 1200]
 
 1. builds the `demo` hand_vla dataset (TFRecord) under OUT/data (no inputs needed);
 2. turns its episodes into 16-step chunk samples re-anchored at each frame; the last episodes are held out;
@@ -35,7 +35,7 @@ from vitra_jax.models import policy as policy_lib  # noqa: E402
 from vitra_jax.tokenizer import Tokenizer, train_sentencepiece  # noqa: E402
 
 _OUT = flags.DEFINE_string("out", "out/demo", "Output folder (dataset, tokenizer, pictures).")
-_STEPS = flags.DEFINE_integer("steps", 400, "Training steps.")
+_STEPS = flags.DEFINE_integer("steps", 1200, "Training steps.")
 _BATCH = flags.DEFINE_integer("batch", 16, "Training batch size.")
 _HELD_OUT = flags.DEFINE_integer("held_out", 2, "Episodes kept out of training for evaluation.")
 _SEED = flags.DEFINE_integer("seed", 0, "Random seed.")

@@ -44,6 +44,7 @@ def test_from_vitra_fields(official):
     assert ep.hands["right"].kept.sum() == 25 and ep.hands["left"].kept.sum() == 0
     np.testing.assert_array_equal(ep.hands["right"].wrist, official["right"]["transl_worldspace"])
     assert ep.text["right"] == [("Pick up the spray bottle.", (0, 25))]
+    assert ep.rephrasings["right"][0][1] == (0, 25) and ep.rephrasings["right"][0][0][1] == "Grasp the spray bottle"
     E.validate(ep)
 
 
@@ -55,6 +56,7 @@ def test_write_read_round_trip(official, tmp_path):
     back = E.read_episode(tmp_path / "ep0")
     assert back.video == str(tmp_path / "clip.mp4") and back.camera_motion == "moving"
     assert back.text == ep.text and back.labeler_versions == {"hands": "hawor-1"}
+    assert back.rephrasings == ep.rephrasings and len(back.rephrasings["left"][0][0]) == 5
     for h in ("left", "right"):
         for f in ("wrist", "orient", "hand_pose", "joints", "kept", "beta"):
             np.testing.assert_array_equal(getattr(back.hands[h], f), getattr(ep.hands[h], f))

@@ -30,3 +30,15 @@ def test_captions_at_frame():
     assert ins.captions_at_frame(text, "right", 10) == {"left": "Rest.", "right": "Pick up the spray bottle."}
     assert ins.captions_at_frame(text, "left", 20) == {"left": "Wave.", "right": "Pick up the spray bottle."}
     assert ins.captions_at_frame({"right": [("Go.", (3, 5))]}, "left", 5) == {"left": None, "right": None}
+
+
+def test_rephrasings_follow_the_caption_in_force():
+    from vitra_jax.handspace.instruction import captions_at_frame, rephrasings_at_frame
+
+    text = {"right": [("Open the jar.", (0, 10))], "left": [("Hold the jar.", (0, 4)), ("Wave.", (6, 10))]}
+    alts = {"right": [(["Unscrew the jar", "Open the lid"], (0, 10))],
+            "left": [(["Grip the jar"], (0, 4)), (["Wave hello"], (6, 10))]}
+    assert captions_at_frame(text, "right", 7) == {"left": "Wave.", "right": "Open the jar."}
+    assert rephrasings_at_frame(alts, "right", 7) == {"left": ["Wave hello"], "right": ["Unscrew the jar", "Open the lid"]}
+    assert rephrasings_at_frame(alts, "right", 5) == {"left": [], "right": ["Unscrew the jar", "Open the lid"]}
+    assert rephrasings_at_frame({}, "left", 0) == {"left": [], "right": []}

@@ -81,6 +81,11 @@ def test_states_and_actions_match_official_definitions(built, official):
     assert got["is_first"][0] and got["is_last"][-1] and got["is_first"].sum() == got["is_last"].sum() == 1
     assert meta["anno_type"] == "right"
     assert steps[0]["language_instruction"] == b"Left hand: None. Right hand: Pick up the spray bottle."
+    # The released GPT-4 rephrasings of the caption in force, stripped; the idle left hand has none.
+    assert [x.decode() for x in steps[0]["language_rephrasings_right"]] == [
+        "Pick up the spray bottle", "Grasp the spray bottle", "Lift the spray bottle", "Take the spray bottle",
+        "Hold the spray bottle"]
+    assert len(steps[0]["language_rephrasings_left"]) == 0
 
 
 def test_integrated_chunk_actions_reproduce_camera_trajectory(built, official):

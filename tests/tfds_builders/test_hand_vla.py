@@ -31,7 +31,7 @@ def _build(config, data_dir, manual_dir=None, file_format="tfrecord"):
 def demo_dir(tmp_path_factory):
     d = tmp_path_factory.mktemp("demo")
     _build("demo", d)
-    return d / "hand_vla" / "demo" / "1.0.0"
+    return d / "hand_vla" / "demo" / "1.1.0"
 
 
 def _oxe_trajectories(ds: tf.data.Dataset) -> tf.data.Dataset:
@@ -114,7 +114,7 @@ def test_bad_inputs_are_skipped_and_counted(fixtures_dir, tmp_path):
     assert dict(b.skipped) == {"length_mismatch": 1, "missing_video": 1, "no_valid_frames": 1,
                                "non_finite": 1, "unreadable_video": 1}
     assert b.info.splits["train"].num_examples == 1
-    built = tfds.builder_from_directory(str(tmp_path / "out/hand_vla/episodes/1.0.0"))
+    built = tfds.builder_from_directory(str(tmp_path / "out/hand_vla/episodes/1.1.0"))
     (ep,) = built.as_dataset(split="train")
     assert ep["episode_metadata"]["file_path"].numpy().decode().endswith("good")
 
@@ -157,7 +157,7 @@ def test_tfds_cli_builds_demo(tmp_path, demo_dir):
            "--file_format=array_record"]
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=170)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    out = tmp_path / "hand_vla" / "demo" / "1.0.0"
+    out = tmp_path / "hand_vla" / "demo" / "1.1.0"
     assert (out / "hand_vla-train.array_record-00000-of-00001").exists()
     assert tfds.builder_from_directory(str(out)).info.splits["train"].num_examples == 8
     # Two worker processes give the same records as the single-process build.

@@ -23,6 +23,7 @@ def episode_example(ep: episode_lib.Episode, frames: np.ndarray, file_path: str,
     steps = []
     for t in range(n):
         caps = instruction.captions_at_frame(ep.text, ep.main_hand, t)
+        alts = instruction.rephrasings_at_frame(ep.rephrasings, ep.main_hand, t)
         hands = {
             h: {
                 "wrist": tracks[h].wrist[t].astype(np.float32),
@@ -50,6 +51,8 @@ def episode_example(ep: episode_lib.Episode, frames: np.ndarray, file_path: str,
             "language_instruction": instruction.format_instruction(caps["left"], caps["right"]),
             "language_instruction_left": caps["left"] or "",
             "language_instruction_right": caps["right"] or "",
+            "language_rephrasings_left": alts["left"],
+            "language_rephrasings_right": alts["right"],
             "hands": hands,
             "camera": {"extrinsics": ep.extrinsics[t].astype(np.float32), "intrinsics": k},
             "frame_index": int(ep.frame_index[t]),

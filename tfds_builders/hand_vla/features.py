@@ -47,6 +47,10 @@ def hand_vla_features() -> tfds.features.FeaturesDict:
             doc="'Left hand: <text> Right hand: <text>'; an idle hand reads 'None.'"),
         "language_instruction_left": tfds.features.Text(doc="Left-hand caption for this frame, '' if idle."),
         "language_instruction_right": tfds.features.Text(doc="Right-hand caption of this frame, '' if idle."),
+        "language_rephrasings_left": tfds.features.Sequence(
+            tfds.features.Text(), doc="Alternative wordings of the left-hand caption (may be empty)."),
+        "language_rephrasings_right": tfds.features.Sequence(
+            tfds.features.Text(), doc="Alternative wordings of the right-hand caption (may be empty)."),
         "hands": tfds.features.FeaturesDict({"left": _hand("Left"), "right": _hand("Right")}),
         "camera": tfds.features.FeaturesDict({
             "extrinsics": _tensor((4, 4), "World→camera transform of this frame."),

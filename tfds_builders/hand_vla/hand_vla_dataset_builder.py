@@ -66,8 +66,9 @@ def _load(kind: str, short_side: int, seed: int, clip_len: int, job: tuple[int, 
 class Builder(tfds.core.GeneratorBasedBuilder):
     """Human hand episodes with 102-d states/actions, world-space hands, cameras and captions."""
 
-    VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "First release: episodes, vitra1m and demo configs."}
+    VERSION = tfds.core.Version("1.1.0")
+    RELEASE_NOTES = {"1.0.0": "First release: episodes, vitra1m and demo configs.",
+                     "1.1.0": "Per-step caption rephrasings (language_rephrasings_left/right)."}
     BUILDER_CONFIGS = [
         HandVlaConfig(name="demo", source="demo", short_side=128,
                       description="8 procedural two-hand episodes, 128 px (no inputs)."),

@@ -55,6 +55,8 @@ class Episode:
     camera_motion: str = "unknown"
     labeler_versions: dict[str, str] = dataclasses.field(default_factory=dict)
     source: str = ""
+    # Alternative wordings of each caption, same intervals as `text` (e.g. the release's GPT-4 rephrasings).
+    rephrasings: dict[str, list[tuple[list[str], tuple[int, int]]]] = dataclasses.field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.frame_index)
@@ -111,6 +113,7 @@ def write_episode(stem: str | Path, ep: Episode) -> None:
         "camera_motion": ep.camera_motion, "main_hand": ep.main_hand, "source": ep.source,
         "text": {h: [[c, list(span)] for c, span in caps] for h, caps in ep.text.items()},
         "labeler_versions": ep.labeler_versions,
+        "rephrasings": {h: [[list(alts), list(span)] for alts, span in r] for h, r in ep.rephrasings.items()},
     }
     _atomic_write(stem.with_suffix(".npz"), lambda f: np.savez(f, **arrays))
     _atomic_write(stem.with_suffix(".json"), lambda f: f.write(json.dumps(meta, indent=1).encode()))
@@ -134,6 +137,7 @@ def read_episode(stem: str | Path) -> Episode:
         text={h: [(c, tuple(s)) for c, s in caps] for h, caps in meta["text"].items()},
         main_hand=meta["main_hand"], fps=float(meta["fps"]), camera_motion=meta["camera_motion"],
         labeler_versions=dict(meta.get("labeler_versions", {})), source=meta.get("source", ""),
+        rephrasings={h: [(list(a), tuple(s)) for a, s in r] for h, r in meta.get("rephrasings", {}).items()},
     )
 
 
@@ -190,6 +194,8 @@ def from_vitra(d: dict, video: str, source: str = "", fps: float = 30.0) -> Epis
         }
         text = {h: [(str(c), (int(s), int(e))) for c, (s, e) in caps]
                 for h, caps in d.get("text", {}).items()}
+        rephrasings = {h: [([str(a).strip() for a in alts], (int(s), int(e))) for alts, (s, e) in r]
+                       for h, r in d.get("text_rephrase", {}).items()}
         return Episode(
             video=video, video_name=str(d["video_name"]),
             frame_index=np.array(d["video_decode_frame"], np.int64),
@@ -197,7 +203,7 @@ def from_vitra(d: dict, video: str, source: str = "", fps: float = 30.0) -> Epis
             intrinsics=np.array(d["intrinsics"], np.float64),
             hands=hands, text=text, main_hand=str(d["anno_type"]), fps=fps,
             camera_motion=camera_motion_of(np.asarray(d["extrinsics"], np.float64)),
-            labeler_versions={"release": "VITRA-1M"}, source=source,
+            labeler_versions={"release": "VITRA-1M"}, source=source, rephrasings=rephrasings,
         )
     except (KeyError, TypeError, ValueError) as e:
         raise EpisodeError("bad_annotation", f"missing or malformed field {e}") from e

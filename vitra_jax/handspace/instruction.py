@@ -49,16 +49,27 @@ def flip_instruction(instruction: str) -> str:
     return format_instruction(flip(right), flip(left))
 
 
+def _entries_at_frame(entries: dict[str, list], main_hand: str, t: int) -> dict[str, object]:
+    """Per hand, the payload of the entry in force at frame t: the main hand's first entry; for the other
+    hand the entry whose half-open (start, end) interval covers t; None if there is none."""
+    out: dict[str, object] = {}
+    for hand in ("left", "right"):
+        items = entries.get(hand) or []
+        if hand == main_hand:
+            out[hand] = items[0][0] if items else None
+        else:
+            out[hand] = next((x for x, (s, e) in items if s <= t < e), None)
+    return out
+
+
 def captions_at_frame(text: dict[str, Captions], main_hand: str, t: int) -> dict[str, str | None]:
     """Per-hand caption for frame t: the main hand's first caption; the other hand's caption covering t.
 
     Intervals are half-open (start, end) in episode frames (official `get_item_frame`).
     """
-    out: dict[str, str | None] = {}
-    for hand in ("left", "right"):
-        caps = text.get(hand) or []
-        if hand == main_hand:
-            out[hand] = caps[0][0] if caps else None
-        else:
-            out[hand] = next((c for c, (s, e) in caps if s <= t < e), None)
-    return out
+    return _entries_at_frame(text, main_hand, t)  # type: ignore[return-value]
+
+
+def rephrasings_at_frame(rephrasings: dict[str, list], main_hand: str, t: int) -> dict[str, list[str]]:
+    """Per-hand alternative wordings of the caption `captions_at_frame` picks (empty list if none)."""
+    return {h: list(v or []) for h, v in _entries_at_frame(rephrasings, main_hand, t).items()}

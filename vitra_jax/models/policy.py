@@ -242,6 +242,7 @@ class VitraPolicy:
             if np.shape(v) != shape:
                 raise ValueError(f"{name} must have shape {shape}, got {np.shape(v)}")
         size = self.cfg.vlm.image_size  # squashed without aspect preservation, bicubic, as the processor does
+        # Host-side bicubic resize, as the PaliGemma processor does.
         img = np.asarray(Image.fromarray(image).resize((size, size), Image.BICUBIC), np.float32) / 127.5 - 1.0
         tokens, mask = tokenizer.batch_encode([instruction], self.cfg.max_text_len)
         sm = np.asarray(state_mask, np.float32)
