@@ -120,15 +120,14 @@ def run(out: pathlib.Path, steps: int, batch_size: int, held_out_episodes: int, 
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
     print("[1/5] building the demo hand_vla dataset")
-    episodes = build_demo_dataset(out / "data")
+    episodes = [list(chunks.episode_samples(ep)) for ep in build_demo_dataset(out / "data")]
     held_out = episodes[-held_out_episodes:]
-    train_samples = [s for ep in episodes[: -held_out_episodes] for s in chunks.episode_samples(ep)
-                     if s["action_mask"].any()]
+    train_samples = [s for samples in episodes[:-held_out_episodes] for s in samples if s["action_mask"].any()]
     print(f"      {len(episodes)} episodes; {len(train_samples)} training samples")
 
     print("[2/5] tokenizer and normalization statistics")
     cfg = demo_policy_config()
-    texts = sorted({s["instruction"] for ep in episodes for s in chunks.episode_samples(ep)})
+    texts = sorted({s["instruction"] for samples in episodes for s in samples})
     tokenizer = Tokenizer(train_sentencepiece(texts, out / "tokenizer", vocab_size=cfg.vlm.llm.vocab_size))
     normalizer = statistics.fit_normalizer(train_samples)
     normalizer.save(out / "statistics.json")
@@ -146,8 +145,7 @@ def run(out: pathlib.Path, steps: int, batch_size: int, held_out_episodes: int, 
 
     print("[5/5] predicting held-out chunks")
     model_err, still_err = [], []
-    for j, ep in enumerate(held_out):
-        samples = list(chunks.episode_samples(ep))
+    for j, samples in enumerate(held_out):
         for t in (0, 4, 8):
             s = samples[t]
             pred = policy.predict_action(params, s["image"], s["instruction"], s["state"], s["state_mask"],
