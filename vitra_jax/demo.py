@@ -3,7 +3,7 @@
     python -m vitra_jax.demo --out out/demo [--steps 1200]
 
 1. builds the `demo` hand_vla dataset (TFRecord) under OUT/data (no inputs needed);
-2. turns its episodes into 16-step chunk samples re-anchored at each frame; the last episodes are held out;
+2. turns its episodes into 16-step chunk samples re-anchored at each frame (the `val` split is held out);
 3. trains a sentencepiece tokenizer on the instructions and fits normalization statistics;
 4. trains the tiny VITRA policy (AdamW, vision encoder frozen) on the training samples;
 5. predicts chunks for held-out frames (DDIM + classifier-free guidance), integrates them into wrist paths,
@@ -37,20 +37,22 @@ from vitra_jax.tokenizer import Tokenizer, train_sentencepiece  # noqa: E402
 _OUT = flags.DEFINE_string("out", "out/demo", "Output folder (dataset, tokenizer, pictures).")
 _STEPS = flags.DEFINE_integer("steps", 1200, "Training steps.")
 _BATCH = flags.DEFINE_integer("batch", 16, "Training batch size.")
-_HELD_OUT = flags.DEFINE_integer("held_out", 2, "Episodes kept out of training for evaluation.")
 _SEED = flags.DEFINE_integer("seed", 0, "Random seed.")
 
 
-def build_demo_dataset(data_dir: pathlib.Path) -> list[dict]:
-    """Builds (or reuses) the demo hand_vla dataset and returns its episodes as numpy, in a fixed order."""
+def build_demo_dataset(data_dir: pathlib.Path) -> dict[str, list[dict]]:
+    """Builds (or reuses) the demo hand_vla dataset; split name -> its episodes as numpy, in a fixed order."""
     import tensorflow_datasets as tfds
 
     from tfds_builders.hand_vla.hand_vla_dataset_builder import Builder
 
     builder = Builder(config="demo", data_dir=str(data_dir))
     builder.download_and_prepare()
-    episodes = list(tfds.as_numpy(builder.as_dataset(split="train")))
-    return sorted(episodes, key=lambda e: int(e["episode_metadata"]["episode_id"]))
+    def episodes(split: str) -> list[dict]:
+        eps = list(tfds.as_numpy(builder.as_dataset(split=split)))
+        return sorted(eps, key=lambda e: int(e["episode_metadata"]["episode_id"]))
+
+    return {split: episodes(split) for split in builder.info.splits}
 
 
 def demo_policy_config() -> policy_lib.PolicyConfig:
@@ -115,19 +117,21 @@ def final_wrist_error(path: np.ndarray, truth: np.ndarray, mask: np.ndarray) -> 
     return errors
 
 
-def run(out: pathlib.Path, steps: int, batch_size: int, held_out_episodes: int, seed: int) -> dict:
+def run(out: pathlib.Path, steps: int, batch_size: int, seed: int) -> dict:
     """The whole demo; returns the figures it prints."""
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
     print("[1/5] building the demo hand_vla dataset")
-    episodes = [list(chunks.episode_samples(ep)) for ep in build_demo_dataset(out / "data")]
-    held_out = episodes[-held_out_episodes:]
-    train_samples = [s for samples in episodes[:-held_out_episodes] for s in samples if s["action_mask"].any()]
-    print(f"      {len(episodes)} episodes; {len(train_samples)} training samples")
+    dataset = build_demo_dataset(out / "data")
+    episodes = {split: [list(chunks.episode_samples(ep)) for ep in eps] for split, eps in dataset.items()}
+    held_out = episodes["val"]
+    train_samples = [s for samples in episodes["train"] for s in samples if s["action_mask"].any()]
+    print(f"      {len(episodes['train'])} training episodes ({len(train_samples)} samples), "
+          f"{len(held_out)} held out")
 
     print("[2/5] tokenizer and normalization statistics")
     cfg = demo_policy_config()
-    texts = sorted({s["instruction"] for samples in episodes for s in samples})
+    texts = sorted({s["instruction"] for eps in episodes.values() for samples in eps for s in samples})
     tokenizer = Tokenizer(train_sentencepiece(texts, out / "tokenizer", vocab_size=cfg.vlm.llm.vocab_size))
     normalizer = statistics.fit_normalizer(train_samples)
     normalizer.save(out / "statistics.json")
@@ -182,7 +186,7 @@ def main(_):
 
     logging.set_verbosity(logging.WARNING)
     tfds.disable_progress_bar()
-    run(pathlib.Path(_OUT.value), _STEPS.value, _BATCH.value, _HELD_OUT.value, _SEED.value)
+    run(pathlib.Path(_OUT.value), _STEPS.value, _BATCH.value, _SEED.value)
 
 
 if __name__ == "__main__":

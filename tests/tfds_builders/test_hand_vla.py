@@ -1,4 +1,5 @@
-"""hand_vla builder: demo build in both file formats, OXE-style reading, bad-input skips, the tfds CLI."""
+"""hand_vla builder: demo build in both file formats, splits, OXE-style reading, bad-input skips, Beam, the
+tfds CLI, on-the-fly undistortion."""
 
 import os
 import pathlib
@@ -18,12 +19,15 @@ from vitra_jax.handspace import trajectory
 REPO = pathlib.Path(__file__).resolve().parents[2]
 CLIP = "videos/03cc49c3-a7d1-445b-9a2a-545c4fae6843.mp4"
 NPY = "videos/Ego4D_03cc49c3-a7d1-445b-9a2a-545c4fae6843_ep_example.npy"
+VERSION = str(hv.Builder.VERSION)
+SPLITS = {"train": 6, "val": 2}  # the demo config's 8 episodes
 
 
-def _build(config, data_dir, manual_dir=None, file_format="tfrecord"):
+def _build(config, data_dir, manual_dir=None, file_format="tfrecord", beam_options=None):
     b = hv.Builder(config=config, data_dir=str(data_dir), file_format=file_format)
     manual = str(manual_dir) if manual_dir else None
-    b.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=manual))
+    b.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=manual,
+                                                                        beam_options=beam_options))
     return b
 
 
@@ -31,7 +35,7 @@ def _build(config, data_dir, manual_dir=None, file_format="tfrecord"):
 def demo_dir(tmp_path_factory):
     d = tmp_path_factory.mktemp("demo")
     _build("demo", d)
-    return d / "hand_vla" / "demo" / "1.1.0"
+    return d / "hand_vla" / "demo" / VERSION
 
 
 def _oxe_trajectories(ds: tf.data.Dataset) -> tf.data.Dataset:
@@ -41,9 +45,9 @@ def _oxe_trajectories(ds: tf.data.Dataset) -> tf.data.Dataset:
 
 def test_demo_tfrecord_reads_back_oxe_style(demo_dir):
     b = tfds.builder_from_directory(str(demo_dir))
-    assert b.info.splits["train"].num_examples == 8
+    assert {name: s.num_examples for name, s in b.info.splits.items()} == SPLITS
     assert sum(f.stat().st_size for f in demo_dir.iterdir()) < 2_000_000
-    trajs = list(_oxe_trajectories(b.as_dataset(split="train")).as_numpy_iterator())
+    trajs = list(_oxe_trajectories(b.as_dataset(split="train+val")).as_numpy_iterator())
     assert len(trajs) == 8
     for tr in trajs:
         assert tr["action"].shape == (24, 102) and tr["observation"]["state"].shape == (24, 102)
@@ -69,12 +73,13 @@ def test_demo_tfrecord_reads_back_oxe_style(demo_dir):
 def test_demo_is_deterministic_and_array_record_matches(demo_dir, tmp_path):
     _build("demo", tmp_path, file_format="array_record")
     raw = {"steps": {"observation": {"image": tfds.decode.SkipDecoding()}}}  # compare the JPEG bytes
-    source = tfds.data_source("hand_vla/demo", data_dir=str(tmp_path), decoders=raw)["train"]
-    assert len(source) == 8
-    records = [source[i] for i in range(len(source))]
-    tf_ds = tfds.builder_from_directory(str(demo_dir)).as_dataset(split="train", decoders=raw)
+    sources = tfds.data_source("hand_vla/demo", data_dir=str(tmp_path), decoders=raw)
+    assert {name: len(src) for name, src in sources.items()} == SPLITS
+    records = [src[i] for src in sources.values() for i in range(len(src))]
+    tf_ds = tfds.builder_from_directory(str(demo_dir)).as_dataset(split="train+val", decoders=raw)
     tf_eps = list(tfds.as_numpy(tf_ds))
     by_name = {r["episode_metadata"]["video_name"]: r for r in records}
+    assert len(by_name) == len(tf_eps) == 8
     for ep in tf_eps:
         rec = by_name[ep["episode_metadata"]["video_name"]]
         steps = list(ep["steps"])
@@ -114,7 +119,7 @@ def test_bad_inputs_are_skipped_and_counted(fixtures_dir, tmp_path):
     assert dict(b.skipped) == {"length_mismatch": 1, "missing_video": 1, "no_valid_frames": 1,
                                "non_finite": 1, "unreadable_video": 1}
     assert b.info.splits["train"].num_examples == 1
-    built = tfds.builder_from_directory(str(tmp_path / "out/hand_vla/episodes/1.1.0"))
+    built = tfds.builder_from_directory(str(tmp_path / "out/hand_vla/episodes" / VERSION))
     (ep,) = built.as_dataset(split="train")
     assert ep["episode_metadata"]["file_path"].numpy().decode().endswith("good")
 
@@ -125,7 +130,7 @@ def test_no_usable_episode_fails_without_a_finished_dataset(fixtures_dir, tmp_pa
     _write_bad_inputs(manual, fixtures_dir)
     for p in manual.glob("good.*"):
         p.unlink()
-    with pytest.raises(RuntimeError, match="no usable episode among 5 inputs"):
+    with pytest.raises(RuntimeError, match="no usable episode among 5 train inputs"):
         _build("episodes", tmp_path / "out", manual)
     assert not list((tmp_path / "out").rglob("dataset_info.json"))
     empty = tmp_path / "empty"
@@ -157,18 +162,19 @@ def test_tfds_cli_builds_demo(tmp_path, demo_dir):
            "--file_format=array_record"]
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=170)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    out = tmp_path / "hand_vla" / "demo" / "1.1.0"
+    out = tmp_path / "hand_vla" / "demo" / VERSION
     assert (out / "hand_vla-train.array_record-00000-of-00001").exists()
-    assert tfds.builder_from_directory(str(out)).info.splits["train"].num_examples == 8
+    assert tfds.builder_from_directory(str(out)).info.splits["val"].num_examples == 2
     # Two worker processes give the same records as the single-process build.
     raw = {"steps": {"observation": {"image": tfds.decode.SkipDecoding()}}}
-    cli = tfds.data_source("hand_vla/demo", data_dir=str(tmp_path), decoders=raw)["train"]
     images = {}
-    for i in range(len(cli)):
-        steps = cli[i]["steps"]
-        name = cli[i]["episode_metadata"]["video_name"]
-        images[name] = [steps[j]["observation"]["image"] for j in range(24)]
-    ref = tfds.builder_from_directory(str(demo_dir)).as_dataset(split="train", decoders=raw)
+    for cli in tfds.data_source("hand_vla/demo", data_dir=str(tmp_path), decoders=raw).values():
+        for i in range(len(cli)):
+            steps = cli[i]["steps"]
+            name = cli[i]["episode_metadata"]["video_name"]
+            images[name] = [steps[j]["observation"]["image"] for j in range(24)]
+    assert len(images) == 8
+    ref = tfds.builder_from_directory(str(demo_dir)).as_dataset(split="train+val", decoders=raw)
     for ep in tfds.as_numpy(ref):
         name = ep["episode_metadata"]["video_name"]
         assert [s["observation"]["image"] for s in ep["steps"]] == images[name]

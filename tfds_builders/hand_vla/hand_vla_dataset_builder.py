@@ -5,11 +5,15 @@
     tfds build tfds_builders/hand_vla --config=episodes --manual_dir=EPISODES --data_dir=DIR
     tfds build tfds_builders/hand_vla --manual_dir=RAW --data_dir=DIR \
         --config='{"name": "vitra1m_448", "source": "vitra1m", "short_side": 448}'
+    tfds build tfds_builders/hand_vla --config=vitra1m --manual_dir=RAW --data_dir=DIR \
+        --beam_pipeline_options="direct_num_workers=8,direct_running_mode=multi_processing"
 
-Episodes that cannot be used (missing/corrupt video, NaNs, no tracked frame, length mismatch) are skipped;
-each skip is logged with its reason and a count per reason is logged at the end (and kept in
-`builder.skipped`). If no episode survives, the build fails and TFDS leaves no finished dataset behind.
-Set HAND_VLA_WORKERS=N to decode episodes in N processes (order, and so output, is unchanged).
+Splits `train` and `val` are drawn per source video (see splits.py). Episodes that cannot be used
+(missing/corrupt video, NaNs, no tracked frame, length mismatch) are skipped; each skip is logged with its
+reason and a count per reason is logged at the end (and kept in `builder.skipped`). If a split ends up
+empty, the build fails and TFDS leaves no finished dataset behind.
+Without Beam options, HAND_VLA_WORKERS=N decodes episodes in N local processes (order, and so output, is
+unchanged); with `--beam_pipeline_options` (any runner) the episodes are loaded by a Beam pipeline.
 """
 
 from __future__ import annotations
@@ -20,15 +24,14 @@ import functools
 import multiprocessing
 import os
 from pathlib import Path
-from typing import Callable
 
 import tensorflow_datasets as tfds
 from absl import logging
 from tqdm import tqdm
 
+# Absolute imports: Beam workers in other processes must be able to import what they unpickle.
+from tfds_builders.hand_vla import features, sources, splits
 from vitra_jax.handspace.episode import EpisodeError
-
-from . import demo, examples, features, sources
 
 
 SOURCES = ("demo", "vitra1m", "episodes")
@@ -36,42 +39,29 @@ SOURCES = ("demo", "vitra1m", "episodes")
 
 @dataclasses.dataclass
 class HandVlaConfig(tfds.core.BuilderConfig):
-    """`source`: one of SOURCES; `short_side`: stored image short side (px); `num_demo_episodes`;
-    `clip_len`: frames per part where vitra1m videos are split into `{video}_part{k}.mp4`."""
+    """`source`: one of SOURCES; `short_side`: stored image short side (px); `val_fraction`: share of
+    source videos whose episodes go to `val`; `clip_len`: frames per part where vitra1m videos are split
+    into `{video}_part{k}.mp4`; `undistort`: vitra1m videos are raw, undistort them with `intrinsics/`."""
 
     source: str = "episodes"
     short_side: int = 224
+    val_fraction: float = 0.02
     clip_len: int = 2000
+    undistort: bool = False
     num_demo_episodes: int = 8
     seed: int = 0
-
-
-def _load(kind: str, short_side: int, seed: int, clip_len: int, job: tuple[int, str]) -> tuple[str, dict | EpisodeError]:
-    """(item, RLDS example) or (item, EpisodeError) for job = (episode_id, item); runs in worker processes."""
-    episode_id, item = job
-    try:
-        if kind == "demo":
-            ep, frames = demo.demo_episode(int(item), seed)
-        elif kind == "vitra1m":
-            ep, frames = sources.load_vitra1m(item, short_side, clip_len)
-        else:
-            ep, frames = sources.load_episode_file(item, short_side)
-        return item, examples.episode_example(ep, frames, item, episode_id)
-    except EpisodeError as e:
-        return item, e
-    except Exception as e:  # a decoder or file error must not end the build: count it instead
-        return item, EpisodeError("unreadable_input", f"{type(e).__name__}: {e}")
 
 
 class Builder(tfds.core.GeneratorBasedBuilder):
     """Human hand episodes with 102-d states/actions, world-space hands, cameras and captions."""
 
-    VERSION = tfds.core.Version("1.1.0")
+    VERSION = tfds.core.Version("1.2.0")
     RELEASE_NOTES = {"1.0.0": "First release: episodes, vitra1m and demo configs.",
-                     "1.1.0": "Per-step caption rephrasings (language_rephrasings_left/right)."}
+                     "1.1.0": "Per-step caption rephrasings (language_rephrasings_left/right).",
+                     "1.2.0": "train/val splits by source video; Beam build; on-the-fly Ego4D undistortion."}
     BUILDER_CONFIGS = [
-        HandVlaConfig(name="demo", source="demo", short_side=128,
-                      description="8 procedural two-hand episodes, 128 px (no inputs)."),
+        HandVlaConfig(name="demo", source="demo", short_side=128, val_fraction=0.1,
+                      description="8 procedural two-hand episodes (6 train, 2 val), 128 px (no inputs)."),
         HandVlaConfig(name="vitra1m", source="vitra1m",
                       description="Released VITRA-1M annotations + original videos, short side 224."),
         HandVlaConfig(name="episodes", source="episodes",
@@ -86,6 +76,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
         self.skipped: collections.Counter = collections.Counter()  # reason -> episodes skipped
+        self._beam = False
 
     def _info(self) -> tfds.core.DatasetInfo:
         return self.dataset_info_from_configs(
@@ -94,34 +85,51 @@ class Builder(tfds.core.GeneratorBasedBuilder):
             homepage="https://arxiv.org/abs/2510.21571",
         )
 
+    def _download_and_prepare(self, dl_manager, download_config):
+        self._beam = download_config.beam_runner is not None or download_config.beam_options is not None
+        self.skipped.clear()
+        super()._download_and_prepare(dl_manager, download_config)
+
     def _split_generators(self, dl_manager: tfds.download.DownloadManager):
-        name = self.builder_config.source
-        if name not in SOURCES:
-            config = self.builder_config.name
-            raise ValueError(f"unknown source {name!r} in config {config!r}; use one of {SOURCES}")
-        if name == "demo":
-            items = [str(i) for i in range(self.builder_config.num_demo_episodes)]
+        cfg = self.builder_config
+        if cfg.source not in SOURCES:
+            raise ValueError(f"unknown source {cfg.source!r} in config {cfg.name!r}; use one of {SOURCES}")
+        if cfg.source == "demo":
+            items = [str(i) for i in range(cfg.num_demo_episodes)]
+            groups = [f"demo/demo_{i:03d}" for i in range(cfg.num_demo_episodes)]
         else:
             manual = Path(dl_manager.manual_dir)
-            items = sources.list_vitra1m(manual) if name == "vitra1m" else sources.list_episode_files(manual)
+            if cfg.source == "vitra1m":
+                items = sources.list_vitra1m(manual)
+                groups = [sources.vitra1m_group(i) for i in items]
+            else:
+                items = sources.list_episode_files(manual)
+                groups = [sources.episode_file_group(i) for i in items]
             if not items:
-                hint = self.MANUAL_DOWNLOAD_INSTRUCTIONS
-                raise FileNotFoundError(f"no {name} inputs under {manual}: {hint}")
-        return {"train": self._generate_examples(items)}
+                raise FileNotFoundError(f"no {cfg.source} inputs under {manual}: {self.MANUAL_DOWNLOAD_INSTRUCTIONS}")
+        spec = sources.LoadSpec(cfg.source, cfg.short_side, cfg.clip_len, cfg.undistort, cfg.seed)
+        # episode_id = position in the sorted list of all inputs, unique across splits
+        return {name: self._generate_examples([(i, items[i]) for i in rows], spec, name)
+                for name, rows in splits.assign(groups, cfg.val_fraction).items()}
 
-    def _generate_examples(self, items: list[str]):
-        cfg = self.builder_config
-        load: Callable = functools.partial(_load, cfg.source, cfg.short_side, cfg.seed, cfg.clip_len)
+    def _generate_examples(self, jobs: list[tuple[int, str]], spec: sources.LoadSpec, split: str):
+        load = functools.partial(sources.load, spec)
+        if self._beam:
+            import apache_beam as beam
+
+            return beam.Create(jobs) | beam.Reshuffle() | beam.FlatMap(_count_and_keep, load)
+        return self._local_examples(jobs, load, split)
+
+    def _local_examples(self, jobs, load, split: str):
         workers = int(os.environ.get("HAND_VLA_WORKERS", "1"))
-        self.skipped.clear()
+        skipped: collections.Counter = collections.Counter()
         written = 0
         pool = multiprocessing.get_context("fork").Pool(workers) if workers > 1 else None
         try:
-            jobs = list(enumerate(items))
             results = pool.imap(load, jobs, chunksize=1) if pool else map(load, jobs)
-            for item, result in tqdm(results, total=len(items), desc="hand_vla episodes"):
+            for item, result in tqdm(results, total=len(jobs), desc=f"hand_vla {split} episodes"):
                 if isinstance(result, EpisodeError):
-                    self.skipped[result.reason] += 1
+                    skipped[result.reason] += 1
                     logging.warning("skipping %s: %s", item, result)
                     continue
                 yield item, result
@@ -129,8 +137,43 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         finally:
             if pool:
                 pool.terminate()
-        summary = ", ".join(f"{r}={n}" for r, n in sorted(self.skipped.items())) or "none"
-        log = logging.warning if self.skipped else logging.info
-        log("hand_vla: wrote %d of %d episodes; skipped: %s", written, len(items), summary)
+        self.skipped.update(skipped)
+        summary = _summary(skipped)
+        (logging.warning if skipped else logging.info)(
+            "hand_vla %s: wrote %d of %d episodes; skipped: %s", split, written, len(jobs), summary)
         if written == 0:
-            raise RuntimeError(f"hand_vla: no usable episode among {len(items)} inputs (skipped: {summary})")
+            raise RuntimeError(f"hand_vla: no usable episode among {len(jobs)} {split} inputs (skipped: {summary})")
+
+    def _process_pipeline_result(self, pipeline_result) -> None:
+        from apache_beam.metrics.metric import MetricsFilter
+
+        counters = pipeline_result.metrics().query(MetricsFilter().with_namespace(_BEAM_NAMESPACE))["counters"]
+        written = 0
+        for c in counters:
+            value = c.committed if c.committed is not None else c.attempted
+            if c.key.metric.name == "written":
+                written += value
+            else:
+                self.skipped[c.key.metric.name.removeprefix("skipped_")] += value
+        (logging.warning if self.skipped else logging.info)(
+            "hand_vla (beam): wrote %d episodes; skipped: %s", written, _summary(self.skipped))
+
+
+_BEAM_NAMESPACE = "hand_vla"
+
+
+def _count_and_keep(job: tuple[int, str], load):
+    """Beam step: the loaded (key, example), or nothing for a skipped episode (counted by reason)."""
+    from apache_beam.metrics import Metrics
+
+    item, result = load(job)
+    if isinstance(result, EpisodeError):
+        Metrics.counter(_BEAM_NAMESPACE, f"skipped_{result.reason}").inc()
+        logging.warning("skipping %s: %s", item, result)
+        return
+    Metrics.counter(_BEAM_NAMESPACE, "written").inc()
+    yield item, result
+
+
+def _summary(skipped: collections.Counter) -> str:
+    return ", ".join(f"{r}={n}" for r, n in sorted(skipped.items())) or "none"

@@ -5,20 +5,29 @@
       {dataset}/episodic_annotations/*.npy     pickled episode dicts (loaded without arbitrary pickles)
       {dataset}/videos/{video_name}.{mp4,webm,mkv,MP4}   the original (undistorted) videos, or
       {dataset}/videos/{video_name}_part{k}.mp4           the same split into parts of `clip_len` frames
+      {dataset}/intrinsics/{video_name}.npy    Ego4D omnidirectional calibration, used with `undistort`
   For a dataset folder named EgoExo4D*, frames and intrinsics are centre-cropped as the release does.
+  With `undistort`, videos of a dataset that has `intrinsics/` are the raw ones: each needed frame is
+  undistorted on the fly exactly as the release's preprocessing does to whole videos.
   (`{dataset}/episode_frame_index.npz` may sit beside them; it is not needed: every frame is a step.)
+
+Each work item also has a group (its source video) that decides its split, so no video spans two splits.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import json
+import re
 from pathlib import Path
 
+import cv2
 import numpy as np
 
+from tfds_builders.hand_vla import demo, examples, video
 from vitra_jax.handspace import episode as episode_lib
-from vitra_jax.handspace import geometry
-
-from . import video
+from vitra_jax.handspace import geometry, omnidir
 
 VIDEO_SUFFIXES = (".mp4", ".webm", ".mkv", ".MP4")
 # EgoExo4D frames keep black fisheye borders after undistortion; the release keeps the centre 256/448 of
@@ -32,6 +41,11 @@ def list_episode_files(manual_dir: Path) -> list[str]:
     return sorted(str(p.with_suffix("")) for p in jsons if p.with_suffix(".npz").exists())
 
 
+def episode_file_group(stem: str) -> str:
+    meta = json.loads(Path(f"{stem}.json").read_text())
+    return f"{meta.get('source', '')}/{meta.get('video_name', stem)}"
+
+
 def load_episode_file(stem: str, short_side: int) -> tuple[episode_lib.Episode, np.ndarray]:
     ep = episode_lib.read_episode(stem)
     episode_lib.validate(ep)
@@ -41,6 +55,13 @@ def load_episode_file(stem: str, short_side: int) -> tuple[episode_lib.Episode, 
 def list_vitra1m(manual_dir: Path) -> list[str]:
     """Every released annotation `{dataset}/episodic_annotations/*.npy` under manual_dir, sorted."""
     return sorted(str(p) for p in Path(manual_dir).glob("*/episodic_annotations/*.npy"))
+
+
+def vitra1m_group(npy: str) -> str:
+    """`{dataset}/{video}` from the release's file name `{dataset}_{video}_ep_{index}.npy`."""
+    dataset = Path(npy).parent.parent.name
+    stem = re.sub(r"_ep_[^_]*$", "", Path(npy).stem)
+    return f"{dataset}/{stem.removeprefix(dataset + '_')}"
 
 
 def find_video(dataset_dir: Path, video_name: str) -> str:
@@ -59,15 +80,77 @@ def find_video_parts(dataset_dir: Path, video_name: str) -> list[str]:
     return parts
 
 
-def load_vitra1m(npy: str, short_side: int, clip_len: int = 2000) -> tuple[episode_lib.Episode, np.ndarray]:
+def load_vitra1m(npy: str, short_side: int, clip_len: int = 2000,
+                 undistort: bool = False) -> tuple[episode_lib.Episode, np.ndarray]:
     dataset_dir = Path(npy).parent.parent
     d = episode_lib.load_vitra_npy(npy)
     ep = episode_lib.from_vitra(d, video="", source=dataset_dir.name)
     ep.video = find_video(dataset_dir, ep.video_name)
     episode_lib.validate(ep)
-    crop = EGOEXO4D_CROP if dataset_dir.name.startswith("EgoExo4D") else 1.0
-    ep.intrinsics = geometry.center_crop_intrinsics(ep.intrinsics, crop)
+    steps = []
+    egoexo = dataset_dir.name.startswith("EgoExo4D")  # Aria calibrations: videos must come undistorted
+    if undistort and not egoexo and (dataset_dir / "intrinsics").is_dir():
+        cam = omnidir.load_intrinsics(dataset_dir / "intrinsics" / f"{ep.video_name}.npy")
+        if cam.needs_undistortion:
+            steps.append(Undistort(cam))
+    if egoexo:
+        ep.intrinsics = geometry.center_crop_intrinsics(ep.intrinsics, EGOEXO4D_CROP)
+        steps.append(functools.partial(video.center_crop, fraction=EGOEXO4D_CROP))
+    transform = _chain(steps) if steps else None
     parts = [] if Path(ep.video).exists() else find_video_parts(dataset_dir, ep.video_name)
     if parts:
-        return ep, video.read_frames_from_parts(parts, ep.frame_index, short_side, clip_len, crop)
-    return ep, video.read_frames(ep.video, ep.frame_index, short_side, crop)
+        return ep, video.read_frames_from_parts(parts, ep.frame_index, short_side, clip_len, transform)
+    return ep, video.read_frames(ep.video, ep.frame_index, short_side, transform)
+
+
+class Undistort:
+    """Raw omnidirectional frame -> the undistorted pinhole frame (same size), as the release's
+    `undistort_video.py` makes it: fixed-point maps, bicubic, black outside."""
+
+    def __init__(self, cam: omnidir.OmnidirIntrinsics):
+        self.cam = cam
+        self._maps: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
+
+    def __call__(self, bgr: np.ndarray) -> np.ndarray:
+        h, w = bgr.shape[:2]
+        if (w, h) not in self._maps:
+            map_x, map_y = omnidir.undistort_maps(self.cam, w, h)
+            self._maps[(w, h)] = cv2.convertMaps(map_x, map_y, cv2.CV_16SC2)
+        m1, m2 = self._maps[(w, h)]
+        return cv2.remap(bgr, m1, m2, interpolation=cv2.INTER_CUBIC, borderMode=cv2.BORDER_CONSTANT)
+
+
+def _chain(steps: list[video.Transform]) -> video.Transform:
+    def apply(bgr: np.ndarray) -> np.ndarray:
+        for step in steps:
+            bgr = step(bgr)
+        return bgr
+    return apply
+
+
+@dataclasses.dataclass(frozen=True)
+class LoadSpec:
+    """What a worker needs to turn one work item into an RLDS example (picklable, for processes and Beam)."""
+
+    source: str
+    short_side: int
+    clip_len: int = 2000
+    undistort: bool = False
+    seed: int = 0
+
+
+def load(spec: LoadSpec, job: tuple[int, str]) -> tuple[str, dict | episode_lib.EpisodeError]:
+    """(item, RLDS example) or (item, EpisodeError) for job = (episode_id, item)."""
+    episode_id, item = job
+    try:
+        if spec.source == "demo":
+            ep, frames = demo.demo_episode(int(item), spec.seed)
+        elif spec.source == "vitra1m":
+            ep, frames = load_vitra1m(item, spec.short_side, spec.clip_len, spec.undistort)
+        else:
+            ep, frames = load_episode_file(item, spec.short_side)
+        return item, examples.episode_example(ep, frames, item, episode_id)
+    except episode_lib.EpisodeError as e:
+        return item, e
+    except Exception as e:  # a decoder or file error must not end the build: count it instead
+        return item, episode_lib.EpisodeError("unreadable_input", f"{type(e).__name__}: {e}")

@@ -6,6 +6,7 @@ frames each (the release's optional layout for faster seeking); `read_frames_fro
 from __future__ import annotations
 
 import os
+from typing import Callable
 
 import cv2
 import numpy as np
@@ -22,9 +23,12 @@ def center_crop(image: np.ndarray, fraction: float) -> np.ndarray:
     return image[top:top + ch, left:left + cw]
 
 
-def read_frames(path: str, frame_index: np.ndarray, short_side: int, crop_fraction: float = 1.0) -> np.ndarray:
-    """RGB frames (T, H, W, 3) uint8 at `frame_index` (sorted or not), centre-cropped to `crop_fraction` of
-    each side, then resized so min(H, W) = short_side."""
+Transform = Callable[[np.ndarray], np.ndarray]  # applied to each full-size BGR frame before resizing
+
+
+def read_frames(path: str, frame_index: np.ndarray, short_side: int, transform: Transform | None = None) -> np.ndarray:
+    """RGB frames (T, H, W, 3) uint8 at `frame_index` (sorted or not), passed through `transform` (e.g.
+    undistortion, centre crop), then resized so min(H, W) = short_side."""
     if not os.path.isfile(path):
         raise EpisodeError("missing_video", path)
     cap = cv2.VideoCapture(path)
@@ -43,8 +47,8 @@ def read_frames(path: str, frame_index: np.ndarray, short_side: int, crop_fracti
                 ok, bgr = cap.retrieve()
                 if not ok:
                     raise EpisodeError("unreadable_video", f"{path}: frame {i} does not decode")
-                if crop_fraction < 1.0:
-                    bgr = center_crop(bgr, crop_fraction)
+                if transform is not None:
+                    bgr = transform(bgr)
                 h, w = bgr.shape[:2]
                 size = short_side_size(w, h, short_side)
                 small = cv2.resize(bgr, size, interpolation=cv2.INTER_AREA)
@@ -55,7 +59,7 @@ def read_frames(path: str, frame_index: np.ndarray, short_side: int, crop_fracti
 
 
 def read_frames_from_parts(parts: list[str], frame_index: np.ndarray, short_side: int,
-                           clip_len: int, crop_fraction: float = 1.0) -> np.ndarray:
+                           clip_len: int, transform: Transform | None = None) -> np.ndarray:
     """Like `read_frames` for a video split into parts of `clip_len` frames (`parts[k]` holds frames
     k·clip_len … (k+1)·clip_len − 1); an episode may span several parts."""
     frame_index = np.asarray(frame_index, dtype=np.int64)
@@ -66,7 +70,7 @@ def read_frames_from_parts(parts: list[str], frame_index: np.ndarray, short_side
     out: list[np.ndarray | None] = [None] * len(frame_index)
     for k in np.unique(part_of):
         rows = np.flatnonzero(part_of == k)
-        frames = read_frames(parts[k], frame_index[rows] - k * clip_len, short_side, crop_fraction)
+        frames = read_frames(parts[k], frame_index[rows] - k * clip_len, short_side, transform)
         for r, f in zip(rows, frames):
             out[r] = f
     return np.stack(out)
