@@ -49,6 +49,8 @@ def test_demo_tfrecord_reads_back_oxe_style(demo_dir):
     assert sum(f.stat().st_size for f in demo_dir.iterdir()) < 2_000_000
     trajs = list(_oxe_trajectories(b.as_dataset(split="train+val")).as_numpy_iterator())
     assert len(trajs) == 8
+    val = {ep["episode_metadata"]["video_name"].numpy().decode() for ep in b.as_dataset(split="val")}
+    assert val == {"demo_000", "demo_001"}  # the demo videos whose hash falls under val_fraction 0.1
     for tr in trajs:
         assert tr["action"].shape == (24, 102) and tr["observation"]["state"].shape == (24, 102)
         assert tr["observation"]["image"].shape == (24, 128, 128, 3)
@@ -155,30 +157,50 @@ def test_custom_short_side_config_rescales_images_and_intrinsics(fixtures_dir, t
         _build(hv.HandVlaConfig(name="x", source="videos"), tmp_path / "out2", tmp_path / "raw")
 
 
-def test_tfds_cli_builds_demo(tmp_path, demo_dir):
+RAW_IMAGES = {"steps": {"observation": {"image": tfds.decode.SkipDecoding()}}}  # compare the JPEG bytes
+
+
+def _images_by_episode(data_dir, split="train+val") -> dict[str, list[bytes]]:
+    """video_name -> the stored JPEG bytes of its steps, for every episode of a built demo dataset."""
+    b = tfds.builder_from_directory(str(data_dir))
+    out = {}
+    for ep in tfds.as_numpy(b.as_dataset(split=split, decoders=RAW_IMAGES)):
+        out[ep["episode_metadata"]["video_name"].decode()] = [s["observation"]["image"] for s in ep["steps"]]
+    return out
+
+
+def test_tfds_cli_beam_multiprocess_build_matches_local_build(tmp_path, demo_dir):
+    """`tfds build --beam_pipeline_options=...` on 2 worker processes writes the same splits and records."""
     tfds_bin = pathlib.Path(sys.executable).parent / "tfds"
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "HAND_VLA_WORKERS": "2"}
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     cmd = [str(tfds_bin), "build", "tfds_builders/hand_vla", "--config=demo", f"--data_dir={tmp_path}",
-           "--file_format=array_record"]
+           "--beam_pipeline_options=direct_num_workers=2,direct_running_mode=multi_processing"]
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=170)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "hand_vla (beam): wrote 8 episodes; skipped: none" in proc.stdout + proc.stderr
     out = tmp_path / "hand_vla" / "demo" / VERSION
-    assert (out / "hand_vla-train.array_record-00000-of-00001").exists()
-    assert tfds.builder_from_directory(str(out)).info.splits["val"].num_examples == 2
-    # Two worker processes give the same records as the single-process build.
-    raw = {"steps": {"observation": {"image": tfds.decode.SkipDecoding()}}}
-    images = {}
-    for cli in tfds.data_source("hand_vla/demo", data_dir=str(tmp_path), decoders=raw).values():
-        for i in range(len(cli)):
-            steps = cli[i]["steps"]
-            name = cli[i]["episode_metadata"]["video_name"]
-            images[name] = [steps[j]["observation"]["image"] for j in range(24)]
-    assert len(images) == 8
-    ref = tfds.builder_from_directory(str(demo_dir)).as_dataset(split="train+val", decoders=raw)
-    for ep in tfds.as_numpy(ref):
-        name = ep["episode_metadata"]["video_name"]
-        assert [s["observation"]["image"] for s in ep["steps"]] == images[name]
+    assert {n: s.num_examples for n, s in tfds.builder_from_directory(str(out)).info.splits.items()} == SPLITS
+    for split in SPLITS:  # same episodes in each split, in the same order, with byte-identical images
+        assert list(_images_by_episode(out, split).items()) == list(_images_by_episode(demo_dir, split).items())
     shutil.rmtree(tmp_path / "downloads", ignore_errors=True)
+
+
+def test_local_worker_processes_match_single_process_build(tmp_path, demo_dir, monkeypatch):
+    monkeypatch.setenv("HAND_VLA_WORKERS", "2")
+    _build("demo", tmp_path)
+    assert _images_by_episode(tmp_path / "hand_vla" / "demo" / VERSION) == _images_by_episode(demo_dir)
+
+
+def test_beam_build_counts_skipped_episodes(fixtures_dir, tmp_path):
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    manual = tmp_path / "episodes"
+    manual.mkdir()
+    _write_bad_inputs(manual, fixtures_dir)
+    b = _build("episodes", tmp_path / "out", manual, beam_options=PipelineOptions(["--direct_num_workers=1"]))
+    assert dict(b.skipped) == {"length_mismatch": 1, "missing_video": 1, "no_valid_frames": 1,
+                               "non_finite": 1, "unreadable_video": 1}
+    assert b.info.splits["train"].num_examples == 1
 
 
 def test_egoexo4d_frames_and_intrinsics_are_centre_cropped(fixtures_dir, tmp_path):
@@ -214,3 +236,49 @@ def test_egoexo4d_frames_and_intrinsics_are_centre_cropped(fixtures_dir, tmp_pat
     expected = cv2.cvtColor(cv2.resize(window, (w, h), interpolation=cv2.INTER_AREA), cv2.COLOR_BGR2RGB)
     np.testing.assert_array_equal(frames[0], expected)
     assert min(h, w) == 128
+
+
+def test_raw_ego4d_frames_are_undistorted_on_the_fly(fixtures_dir, tmp_path):
+    """With `undistort`, each needed raw frame goes through the release's remap before resizing; the
+    annotation's intrinsics (those of the undistorted video) are kept; xi = 0 leaves frames as they are."""
+    import cv2
+
+    from tfds_builders.hand_vla import sources
+    from vitra_jax.handspace import omnidir
+
+    raw = tmp_path / "Ego4D"
+    for sub in ("episodic_annotations", "videos", "intrinsics"):
+        (raw / sub).mkdir(parents=True)
+    npy = raw / "episodic_annotations" / pathlib.Path(NPY).name
+    npy.symlink_to(fixtures_dir / NPY)
+    (raw / "videos" / pathlib.Path(CLIP).name).symlink_to(fixtures_dir / CLIP)
+    video_name = pathlib.Path(CLIP).stem
+    new_k = np.array([[300.0, 0, 240], [0, 300.0, 184], [0, 0, 1]])
+    release = {"intrinsics_ori": {"K": np.array([[330.0, 0, 238], [0, 331.0, 186], [0, 0, 1]]),
+                                  "D": np.array([[-0.1, 0.02, 0.0005, -0.001]]), "xi": np.array([[0.7]])},
+               "intrinsics_new": {"K": new_k}}
+    np.save(raw / "intrinsics" / f"{video_name}.npy", release, allow_pickle=True)
+
+    ep, frames = sources.load_vitra1m(str(npy), 112, undistort=True)
+    _, plain = sources.load_vitra1m(str(npy), 112)
+    np.testing.assert_array_equal(ep.intrinsics, E.load_vitra_npy(fixtures_dir / NPY)["intrinsics"])
+    cap = cv2.VideoCapture(str(fixtures_dir / CLIP))
+    cap.set(cv2.CAP_PROP_POS_FRAMES, int(ep.frame_index[3]))
+    ok, bgr = cap.read()
+    cap.release()
+    assert ok
+    fixed = sources.Undistort(omnidir.load_intrinsics(raw / "intrinsics" / f"{video_name}.npy"))(bgr)
+    h, w = frames.shape[1:3]
+    expected = cv2.cvtColor(cv2.resize(fixed, (w, h), interpolation=cv2.INTER_AREA), cv2.COLOR_BGR2RGB)
+    np.testing.assert_array_equal(frames[3], expected)
+    assert np.abs(frames.astype(int) - plain.astype(int)).mean() > 5
+
+    release["intrinsics_ori"]["xi"] = np.array([[0.0]])  # the release skips the remap when xi == 0
+    np.save(raw / "intrinsics" / f"{video_name}.npy", release, allow_pickle=True)
+    np.testing.assert_array_equal(sources.load_vitra1m(str(npy), 112, undistort=True)[1], plain)
+
+    (raw / "intrinsics" / f"{video_name}.npy").unlink()
+    config = hv.HandVlaConfig(name="raw", source="vitra1m", short_side=112, undistort=True)
+    with pytest.raises(RuntimeError, match="missing_intrinsics=1"):
+        _build(config, tmp_path / "out", tmp_path)
+    assert not list((tmp_path / "out").rglob("dataset_info.json"))

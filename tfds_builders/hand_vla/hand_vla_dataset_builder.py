@@ -117,7 +117,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         if self._beam:
             import apache_beam as beam
 
-            return beam.Create(jobs) | beam.Reshuffle() | beam.FlatMap(_count_and_keep, load)
+            return beam.Create(jobs) | beam.Reshuffle() | beam.FlatMap(sources.load_counted, load)
         return self._local_examples(jobs, load, split)
 
     def _local_examples(self, jobs, load, split: str):
@@ -147,7 +147,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     def _process_pipeline_result(self, pipeline_result) -> None:
         from apache_beam.metrics.metric import MetricsFilter
 
-        counters = pipeline_result.metrics().query(MetricsFilter().with_namespace(_BEAM_NAMESPACE))["counters"]
+        counters = pipeline_result.metrics().query(MetricsFilter().with_namespace(sources.METRICS_NAMESPACE))["counters"]
         written = 0
         for c in counters:
             value = c.committed if c.committed is not None else c.attempted
@@ -157,22 +157,6 @@ class Builder(tfds.core.GeneratorBasedBuilder):
                 self.skipped[c.key.metric.name.removeprefix("skipped_")] += value
         (logging.warning if self.skipped else logging.info)(
             "hand_vla (beam): wrote %d episodes; skipped: %s", written, _summary(self.skipped))
-
-
-_BEAM_NAMESPACE = "hand_vla"
-
-
-def _count_and_keep(job: tuple[int, str], load):
-    """Beam step: the loaded (key, example), or nothing for a skipped episode (counted by reason)."""
-    from apache_beam.metrics import Metrics
-
-    item, result = load(job)
-    if isinstance(result, EpisodeError):
-        Metrics.counter(_BEAM_NAMESPACE, f"skipped_{result.reason}").inc()
-        logging.warning("skipping %s: %s", item, result)
-        return
-    Metrics.counter(_BEAM_NAMESPACE, "written").inc()
-    yield item, result
 
 
 def _summary(skipped: collections.Counter) -> str:

@@ -154,3 +154,21 @@ def load(spec: LoadSpec, job: tuple[int, str]) -> tuple[str, dict | episode_lib.
         return item, e
     except Exception as e:  # a decoder or file error must not end the build: count it instead
         return item, episode_lib.EpisodeError("unreadable_input", f"{type(e).__name__}: {e}")
+
+
+METRICS_NAMESPACE = "hand_vla"
+
+
+def load_counted(job: tuple[int, str], load):
+    """Beam step: yields the loaded (key, example), or nothing for a skipped episode, counted by reason
+    in Beam metrics (`written`, `skipped_{reason}`)."""
+    from absl import logging
+    from apache_beam.metrics import Metrics
+
+    item, result = load(job)
+    if isinstance(result, episode_lib.EpisodeError):
+        Metrics.counter(METRICS_NAMESPACE, f"skipped_{result.reason}").inc()
+        logging.warning("skipping %s: %s", item, result)
+        return
+    Metrics.counter(METRICS_NAMESPACE, "written").inc()
+    yield item, result

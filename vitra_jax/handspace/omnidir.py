@@ -15,6 +15,7 @@ when xi > 0, and so does `needs_undistortion`.
 from __future__ import annotations
 
 import dataclasses
+import pickle
 from pathlib import Path
 
 import numpy as np
@@ -45,7 +46,7 @@ def load_intrinsics(path: str | Path) -> OmnidirIntrinsics:
                                 new_k=np.asarray(new["K"], np.float64).reshape(3, 3))
     except FileNotFoundError:
         raise EpisodeError("missing_intrinsics", str(path)) from None
-    except (KeyError, TypeError, ValueError) as e:
+    except (KeyError, TypeError, ValueError, pickle.UnpicklingError) as e:
         raise EpisodeError("bad_intrinsics", f"{path}: {type(e).__name__}: {e}") from None
     if not all(np.isfinite(a).all() for a in (cam.k, cam.d, cam.new_k)) or not np.isfinite(cam.xi):
         raise EpisodeError("bad_intrinsics", f"{path}: non-finite values")
