@@ -27,7 +27,6 @@ from pathlib import Path
 
 import tensorflow_datasets as tfds
 from absl import logging
-from tqdm import tqdm
 
 # Absolute imports: Beam workers in other processes must be able to import what they unpickle.
 from tfds_builders.hand_vla import features, sources, splits
@@ -127,7 +126,8 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         pool = multiprocessing.get_context("fork").Pool(workers) if workers > 1 else None
         try:
             results = pool.imap(load, jobs, chunksize=1) if pool else map(load, jobs)
-            for item, result in tqdm(results, total=len(jobs), desc=f"hand_vla {split} episodes"):
+            progress = tfds.core.utils.tqdm  # silenced by tfds.disable_progress_bar()
+            for item, result in progress(results, total=len(jobs), desc=f"hand_vla {split} episodes"):
                 if isinstance(result, EpisodeError):
                     skipped[result.reason] += 1
                     logging.warning("skipping %s: %s", item, result)
