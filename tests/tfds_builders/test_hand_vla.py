@@ -91,6 +91,17 @@ def test_demo_is_deterministic_and_array_record_matches(demo_dir, tmp_path):
             np.testing.assert_array_equal(a["action"], b["action"])
             assert a["observation"]["image"] == b["observation"]["image"]
             assert a["language_instruction"] == b["language_instruction"]
+    # grain reads the ArrayRecord split directly: random access, then batches of stacked step actions.
+    import grain
+
+    def actions(ep):
+        return np.stack([ep["steps"][i]["action"] for i in range(len(ep["steps"]))])
+
+    ds = grain.MapDataset.source(sources["val"]).map(actions)
+    (batch,) = list(ds.to_iter_dataset().batch(2))
+    tf_val = tfds.builder_from_directory(str(demo_dir)).as_dataset(split="val", decoders=raw)
+    np.testing.assert_array_equal(batch, np.stack([ep["steps"]["action"] for ep in tfds.as_numpy(
+        tf_val.map(lambda ep: {"steps": ep["steps"].batch(64).get_single_element()}))]))
 
 
 def _write_bad_inputs(root: pathlib.Path, fixtures: pathlib.Path) -> None:
