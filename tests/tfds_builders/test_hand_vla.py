@@ -184,9 +184,10 @@ def test_tfds_cli_beam_multiprocess_build_matches_local_build(tmp_path, demo_dir
     """`tfds build --beam_pipeline_options=...` on 2 worker processes writes the same splits and records."""
     tfds_bin = pathlib.Path(sys.executable).parent / "tfds"
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    cmd = [str(tfds_bin), "build", "tfds_builders/hand_vla", "--config=demo", f"--data_dir={tmp_path}",
+    cmd = [str(tfds_bin), "build", "hand_vla", "--imports=tfds_builders.hand_vla.hand_vla_dataset_builder",
+           "--config=demo", f"--data_dir={tmp_path}",
            "--beam_pipeline_options=direct_num_workers=2,direct_running_mode=multi_processing"]
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=170)
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=170)  # any cwd
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "hand_vla (beam): wrote 8 episodes; skipped: none" in proc.stdout + proc.stderr
     out = tmp_path / "hand_vla" / "demo" / VERSION
