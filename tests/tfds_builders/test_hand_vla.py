@@ -284,6 +284,10 @@ def test_raw_ego4d_frames_are_undistorted_on_the_fly(fixtures_dir, tmp_path):
     expected = cv2.cvtColor(cv2.resize(fixed, (w, h), interpolation=cv2.INTER_AREA), cv2.COLOR_BGR2RGB)
     np.testing.assert_array_equal(frames[3], expected)
     assert np.abs(frames.astype(int) - plain.astype(int)).mean() > 5
+    # The next episode of the same video reuses the maps.
+    before = sources.undistorter.cache_info().hits
+    np.testing.assert_array_equal(sources.load_vitra1m(str(npy), 112, undistort=True)[1], frames)
+    assert sources.undistorter.cache_info().hits == before + 1
 
     release["intrinsics_ori"]["xi"] = np.array([[0.0]])  # the release skips the remap when xi == 0
     np.save(raw / "intrinsics" / f"{video_name}.npy", release, allow_pickle=True)

@@ -90,9 +90,10 @@ def load_vitra1m(npy: str, short_side: int, clip_len: int = 2000,
     steps = []
     egoexo = dataset_dir.name.startswith("EgoExo4D")  # Aria calibrations: videos must come undistorted
     if undistort and not egoexo and (dataset_dir / "intrinsics").is_dir():
-        cam = omnidir.load_intrinsics(dataset_dir / "intrinsics" / f"{ep.video_name}.npy")
-        if cam.needs_undistortion:
-            steps.append(Undistort(cam))
+        path = dataset_dir / "intrinsics" / f"{ep.video_name}.npy"
+        undistort_frame = undistorter(str(path), path.stat().st_mtime_ns if path.exists() else None)
+        if undistort_frame is not None:
+            steps.append(undistort_frame)
     if egoexo:
         ep.intrinsics = geometry.center_crop_intrinsics(ep.intrinsics, EGOEXO4D_CROP)
         steps.append(functools.partial(video.center_crop, fraction=EGOEXO4D_CROP))
@@ -118,6 +119,14 @@ class Undistort:
             self._maps[(w, h)] = cv2.convertMaps(map_x, map_y, cv2.CV_16SC2)
         m1, m2 = self._maps[(w, h)]
         return cv2.remap(bgr, m1, m2, interpolation=cv2.INTER_CUBIC, borderMode=cv2.BORDER_CONSTANT)
+
+
+@functools.lru_cache(maxsize=8)
+def undistorter(intrinsics_path: str, mtime_ns: int | None) -> Undistort | None:
+    """The frame undistortion of one video (None when its xi is 0), kept per process (keyed by path and
+    modification time) for the next episodes of the same video: its maps take ~0.7 s at 1440×1080."""
+    cam = omnidir.load_intrinsics(intrinsics_path)
+    return Undistort(cam) if cam.needs_undistortion else None
 
 
 def _chain(steps: list[video.Transform]) -> video.Transform:
