@@ -122,6 +122,7 @@ def _write_bad_inputs(root: pathlib.Path, fixtures: pathlib.Path) -> None:
     variant("missing", meta.replace(CLIP.split("/")[-1], "gone.mp4"))
     (root / "garbage.mp4").write_bytes(b"not a video" * 100)
     variant("corrupt", meta.replace(str(fixtures / CLIP), str(root / "garbage.mp4")))
+    variant("broken", meta[: len(meta) // 2])  # truncated JSON
 
 
 def test_bad_inputs_are_skipped_and_counted(fixtures_dir, tmp_path):
@@ -130,7 +131,7 @@ def test_bad_inputs_are_skipped_and_counted(fixtures_dir, tmp_path):
     _write_bad_inputs(manual, fixtures_dir)
     b = _build("episodes", tmp_path / "out", manual)
     assert dict(b.skipped) == {"length_mismatch": 1, "missing_video": 1, "no_valid_frames": 1,
-                               "non_finite": 1, "unreadable_video": 1}
+                               "non_finite": 1, "unreadable_input": 1, "unreadable_video": 1}
     assert b.info.splits["train"].num_examples == 1
     built = tfds.builder_from_directory(str(tmp_path / "out/hand_vla/episodes" / VERSION))
     (ep,) = built.as_dataset(split="train")
@@ -143,7 +144,7 @@ def test_no_usable_episode_fails_without_a_finished_dataset(fixtures_dir, tmp_pa
     _write_bad_inputs(manual, fixtures_dir)
     for p in manual.glob("good.*"):
         p.unlink()
-    with pytest.raises(RuntimeError, match="no usable episode among 5 train inputs"):
+    with pytest.raises(RuntimeError, match="no usable episode among 6 train inputs"):
         _build("episodes", tmp_path / "out", manual)
     assert not list((tmp_path / "out").rglob("dataset_info.json"))
     empty = tmp_path / "empty"
@@ -211,7 +212,7 @@ def test_beam_build_counts_skipped_episodes(fixtures_dir, tmp_path):
     _write_bad_inputs(manual, fixtures_dir)
     b = _build("episodes", tmp_path / "out", manual, beam_options=PipelineOptions(["--direct_num_workers=1"]))
     assert dict(b.skipped) == {"length_mismatch": 1, "missing_video": 1, "no_valid_frames": 1,
-                               "non_finite": 1, "unreadable_video": 1}
+                               "non_finite": 1, "unreadable_input": 1, "unreadable_video": 1}
     assert b.info.splits["train"].num_examples == 1
 
 

@@ -42,8 +42,11 @@ def list_episode_files(manual_dir: Path) -> list[str]:
 
 
 def episode_file_group(stem: str) -> str:
-    meta = json.loads(Path(f"{stem}.json").read_text())
-    return f"{meta.get('source', '')}/{meta.get('video_name', stem)}"
+    try:
+        meta = json.loads(Path(f"{stem}.json").read_text())
+        return f"{meta.get('source', '')}/{meta['video_name']}"
+    except (OSError, ValueError, KeyError, TypeError):
+        return stem  # unreadable metadata: `load` skips the episode and names the reason
 
 
 def load_episode_file(stem: str, short_side: int) -> tuple[episode_lib.Episode, np.ndarray]:
