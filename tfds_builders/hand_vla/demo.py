@@ -72,6 +72,10 @@ def _render(bg: np.ndarray, ep: episode_lib.Episode, target: str, world_target: 
     return np.stack(frames)
 
 
+def video_name(index: int) -> str:
+    return f"demo_{index:03d}"
+
+
 def demo_episode(index: int, seed: int = 0) -> tuple[episode_lib.Episode, np.ndarray]:
     """Episode `index` of the demo set and its rendered frames (T, 128, 128, 3)."""
     rng = np.random.default_rng([seed, index])
@@ -91,7 +95,7 @@ def demo_episode(index: int, seed: int = 0) -> tuple[episode_lib.Episode, np.nda
         end = world_target if hand == main else start + rng.normal(0, 0.02, 3)
         hands[hand] = _track(rng, start, end, hand)
     ep = episode_lib.Episode(
-        video="", video_name=f"demo_{index:03d}", frame_index=np.arange(NUM_STEPS), extrinsics=extrinsics,
+        video="", video_name=video_name(index), frame_index=np.arange(NUM_STEPS), extrinsics=extrinsics,
         intrinsics=_intrinsics(), hands=hands, text={main: [(f"Reach for the {target}.", (0, NUM_STEPS))]},
         main_hand=main, fps=10.0, camera_motion="moving" if pan else "static",
         labeler_versions={"demo": "1"}, source="demo",

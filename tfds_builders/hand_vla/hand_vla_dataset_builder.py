@@ -29,7 +29,7 @@ import tensorflow_datasets as tfds
 from absl import logging
 
 # Absolute imports: Beam workers in other processes must be able to import what they unpickle.
-from tfds_builders.hand_vla import features, sources, splits
+from tfds_builders.hand_vla import demo, features, sources, splits
 from vitra_jax.handspace.episode import EpisodeError
 
 
@@ -95,7 +95,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
             raise ValueError(f"unknown source {cfg.source!r} in config {cfg.name!r}; use one of {SOURCES}")
         if cfg.source == "demo":
             items = [str(i) for i in range(cfg.num_demo_episodes)]
-            groups = [f"demo/demo_{i:03d}" for i in range(cfg.num_demo_episodes)]
+            groups = [splits.group_key("demo", demo.video_name(i)) for i in range(cfg.num_demo_episodes)]
         else:
             manual = Path(dl_manager.manual_dir)
             if cfg.source == "vitra1m":

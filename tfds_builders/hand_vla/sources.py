@@ -25,7 +25,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from tfds_builders.hand_vla import demo, examples, video
+from tfds_builders.hand_vla import demo, examples, splits, video
 from vitra_jax.handspace import episode as episode_lib
 from vitra_jax.handspace import geometry, omnidir
 
@@ -44,7 +44,7 @@ def list_episode_files(manual_dir: Path) -> list[str]:
 def episode_file_group(stem: str) -> str:
     try:
         meta = json.loads(Path(f"{stem}.json").read_text())
-        return f"{meta.get('source', '')}/{meta['video_name']}"
+        return splits.group_key(meta.get("source", ""), meta["video_name"])
     except (OSError, ValueError, KeyError, TypeError):
         return stem  # unreadable metadata: `load` skips the episode and names the reason
 
@@ -64,7 +64,7 @@ def vitra1m_group(npy: str) -> str:
     """`{dataset}/{video}` from the release's file name `{dataset}_{video}_ep_{index}.npy`."""
     dataset = Path(npy).parent.parent.name
     stem = re.sub(r"_ep_[^_]*$", "", Path(npy).stem)
-    return f"{dataset}/{stem.removeprefix(dataset + '_')}"
+    return splits.group_key(dataset, stem.removeprefix(dataset + "_"))
 
 
 def find_video(dataset_dir: Path, video_name: str) -> str:

@@ -6,6 +6,11 @@ from __future__ import annotations
 import hashlib
 
 
+def group_key(source: str, video_name: str) -> str:
+    """The split key of an episode: its sub-dataset and source video."""
+    return f"{source}/{video_name}"
+
+
 def unit_hash(group: str) -> float:
     """A uniform number in [0, 1) determined by `group` alone."""
     return int.from_bytes(hashlib.sha256(group.encode()).digest()[:8], "big") / 2.0**64
