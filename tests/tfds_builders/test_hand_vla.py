@@ -144,9 +144,14 @@ def test_no_usable_episode_fails_without_a_finished_dataset(fixtures_dir, tmp_pa
     _write_bad_inputs(manual, fixtures_dir)
     for p in manual.glob("good.*"):
         p.unlink()
-    with pytest.raises(RuntimeError, match="no usable episode among 6 train inputs"):
+    with pytest.raises(RuntimeError, match="no usable episode among 5 train inputs"):
         _build("episodes", tmp_path / "out", manual)
     assert not list((tmp_path / "out").rglob("dataset_info.json"))
+    for p in manual.iterdir():  # only an episode whose metadata does not parse: refused before any split
+        if not p.name.startswith("broken."):
+            p.unlink()
+    with pytest.raises(RuntimeError, match=r"no usable episode among 1 inputs \(skipped: unreadable_input=1\)"):
+        _build("episodes", tmp_path / "out3", manual)
     empty = tmp_path / "empty"
     empty.mkdir()
     (empty / "notes.txt").write_text("no episodes here")

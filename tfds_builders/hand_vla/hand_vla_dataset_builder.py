@@ -103,13 +103,27 @@ class Builder(tfds.core.GeneratorBasedBuilder):
                 groups = [sources.vitra1m_group(i) for i in items]
             else:
                 items = sources.list_episode_files(manual)
-                groups = [sources.episode_file_group(i) for i in items]
+                groups = [self._group_or_skip(sources.episode_file_group, i) for i in items]
             if not items:
                 raise FileNotFoundError(f"no {cfg.source} inputs under {manual}: {self.MANUAL_DOWNLOAD_INSTRUCTIONS}")
-        spec = sources.LoadSpec(cfg.source, cfg.short_side, cfg.clip_len, cfg.undistort, cfg.seed)
         # episode_id = position in the sorted list of all inputs, unique across splits
-        return {name: self._generate_examples([(i, items[i]) for i in rows], spec, name)
-                for name, rows in splits.assign(groups, cfg.val_fraction).items()}
+        jobs = [(i, item, g) for i, (item, g) in enumerate(zip(items, groups)) if g is not None]
+        if not jobs:
+            raise RuntimeError(f"hand_vla: no usable episode among {len(items)} inputs "
+                               f"(skipped: {_summary(self.skipped)})")
+        spec = sources.LoadSpec(cfg.source, cfg.short_side, cfg.clip_len, cfg.undistort, cfg.seed)
+        assignment = splits.assign([g for _, _, g in jobs], cfg.val_fraction)
+        return {name: self._generate_examples([jobs[r][:2] for r in rows], spec, name)
+                for name, rows in assignment.items()}
+
+    def _group_or_skip(self, group_of, item: str) -> str | None:
+        """`group_of(item)`, or None for an input whose metadata already shows it unusable (counted)."""
+        try:
+            return group_of(item)
+        except EpisodeError as e:
+            self.skipped[e.reason] += 1
+            logging.warning("skipping %s: %s", item, e)
+            return None
 
     def _generate_examples(self, jobs: list[tuple[int, str]], spec: sources.LoadSpec, split: str):
         load = functools.partial(sources.load, spec)

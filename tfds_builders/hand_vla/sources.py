@@ -42,11 +42,12 @@ def list_episode_files(manual_dir: Path) -> list[str]:
 
 
 def episode_file_group(stem: str) -> str:
+    """The split key of an episode file; EpisodeError("unreadable_input") if its metadata does not parse."""
     try:
         meta = json.loads(Path(f"{stem}.json").read_text())
         return splits.group_key(meta.get("source", ""), meta["video_name"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return stem  # unreadable metadata: `load` skips the episode and names the reason
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise episode_lib.EpisodeError("unreadable_input", f"{stem}.json: {type(e).__name__}: {e}") from None
 
 
 def load_episode_file(stem: str, short_side: int) -> tuple[episode_lib.Episode, np.ndarray]:
