@@ -121,8 +121,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         try:
             return group_of(item)
         except EpisodeError as e:
-            self.skipped[e.reason] += 1
-            logging.warning("skipping %s: %s", item, e)
+            _count_skip(self.skipped, item, e)
             return None
 
     def _generate_examples(self, jobs: list[tuple[int, str]], spec: sources.LoadSpec, split: str):
@@ -143,8 +142,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
             progress = tfds.core.utils.tqdm  # silenced by tfds.disable_progress_bar()
             for item, result in progress(results, total=len(jobs), desc=f"hand_vla {split} episodes"):
                 if isinstance(result, EpisodeError):
-                    skipped[result.reason] += 1
-                    logging.warning("skipping %s: %s", item, result)
+                    _count_skip(skipped, item, result)
                     continue
                 yield item, result
                 written += 1
@@ -171,6 +169,11 @@ class Builder(tfds.core.GeneratorBasedBuilder):
                 self.skipped[c.key.metric.name.removeprefix("skipped_")] += value
         (logging.warning if self.skipped else logging.info)(
             "hand_vla (beam): wrote %d episodes; skipped: %s", written, _summary(self.skipped))
+
+
+def _count_skip(skipped: collections.Counter, item: str, error: EpisodeError) -> None:
+    skipped[error.reason] += 1
+    logging.warning("skipping %s: %s", item, error)
 
 
 def _summary(skipped: collections.Counter) -> str:
