@@ -102,3 +102,57 @@ def test_step_targets_ignore_garbage_in_untracked_frames(official):
     assert np.isfinite(tg.state).all() and np.isfinite(tg.action).all()
     assert not tg.state[:, :51].any() and not tg.state[5].any()
     assert tg.action_mask[:, 1].tolist() == [True] * 4 + [False, False] + [True] * 18 + [False]
+
+
+def _reflect(r):
+    return r @ np.diag([1.0, 1.0, -1.0])
+
+
+@pytest.mark.parametrize(
+    "corrupt, reason, message",
+    [
+        (lambda ep: ep.hands["right"].orient.__setitem__(4, 1.1 * ep.hands["right"].orient[4]),
+         "not_rotation", r"right/orient is not a rotation \(max \|RᵀR − I\| = 0.21"),
+        (lambda ep: ep.hands["right"].orient.__setitem__(4, _reflect(ep.hands["right"].orient[4])),
+         "not_rotation", r"right/orient is not a rotation .*max \|det − 1\| = 2"),
+        (lambda ep: ep.hands["right"].hand_pose.__setitem__((9, 3), np.diag([1.0, 1.0, 2.0])),
+         "not_rotation", "right/hand_pose is not a rotation"),
+        (lambda ep: ep.extrinsics.__setitem__((0, slice(0, 3), slice(0, 3)), _reflect(ep.extrinsics[0, :3, :3])),
+         "not_rotation", "extrinsics rotation is not a rotation"),
+        (lambda ep: ep.extrinsics.__setitem__((2, 3, 0), 0.5), "not_rotation", r"bottom row is not \[0, 0, 0, 1\]"),
+        (lambda ep: setattr(ep, "intrinsics", ep.intrinsics[:2]), "bad_shape", r"intrinsics must be \(3, 3\)"),
+        (lambda ep: setattr(ep.hands["right"], "beta", np.zeros(9)), "bad_shape", r"right/beta must be \(10,\)"),
+        (lambda ep: ep.frame_index.__setitem__(slice(5, 7), [6, 5]), "bad_frame_index",
+         "not strictly increasing: step 6 is frame 5 after 6"),
+        (lambda ep: ep.frame_index.__setitem__(3, 2), "bad_frame_index", "step 3 is frame 2 after 2"),
+        (lambda ep: setattr(ep, "frame_index", ep.frame_index.astype(float)), "bad_frame_index", "integers"),
+        (lambda ep: setattr(ep, "frame_index", ep.frame_index - 1), "bad_frame_index", r"starts at -1"),
+    ],
+)
+def test_validate_checks_rotations_shapes_and_frame_order(official, corrupt, reason, message):
+    ep = E.from_vitra(official, video="clip.mp4")
+    E.validate(ep)  # the real episode passes
+    corrupt(ep)
+    with pytest.raises(E.EpisodeError, match=message) as err:
+        E.validate(ep)
+    assert err.value.reason == reason and str(err.value).startswith(reason + ": ")
+
+
+def test_untracked_frames_need_not_hold_rotations(official):
+    ep = E.from_vitra(official, video="clip.mp4")
+    ep.hands["left"].orient[:] *= 3.0  # left is never tracked here
+    ep.hands["right"].kept[4] = False
+    ep.hands["right"].hand_pose[4] = 0.0
+    E.validate(ep)
+
+
+def test_read_episode_names_unreadable_files(official, tmp_path):
+    E.write_episode(tmp_path / "ep", E.from_vitra(official, video="clip.mp4"))
+    meta = json.loads((tmp_path / "ep.json").read_text())
+    del meta["main_hand"]
+    (tmp_path / "ep.json").write_text(json.dumps(meta))
+    with pytest.raises(E.EpisodeError, match="bad_metadata: .*missing or malformed field: KeyError: 'main_hand'"):
+        E.read_episode(tmp_path / "ep")
+    (tmp_path / "ep.npz").write_bytes((tmp_path / "ep.npz").read_bytes()[:3000])  # truncated archive
+    with pytest.raises(E.EpisodeError, match=r"unreadable_input: .*ep.npz: BadZipFile"):
+        E.read_episode(tmp_path / "ep")

@@ -19,6 +19,8 @@ import io
 import json
 import os
 import pickle
+import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -62,15 +64,43 @@ class Episode:
         return len(self.frame_index)
 
 
+ROTATION_TOL = 1e-3  # max |RᵀR − I| and |det R − 1| of a rotation (float32 storage gives ~1e-6)
+BETA_DIM = 10
+
+
+def _rotation_error(r: np.ndarray) -> tuple[float, float]:
+    """Largest deviation from orthonormality and of the determinant from +1 among matrices r (..., 3, 3)."""
+    if r.size == 0:
+        return 0.0, 0.0
+    gram = np.swapaxes(r, -1, -2) @ r
+    return float(np.abs(gram - np.eye(3)).max()), float(np.abs(np.linalg.det(r) - 1).max())
+
+
+def _check_rotations(name: str, r: np.ndarray) -> None:
+    ortho, det = _rotation_error(r)
+    if ortho > ROTATION_TOL or det > ROTATION_TOL:
+        raise EpisodeError("not_rotation", f"{name} is not a rotation (max |RᵀR − I| = {ortho:.2g}, "
+                                           f"max |det − 1| = {det:.2g}, tolerance {ROTATION_TOL})")
+
+
 def validate(ep: Episode) -> None:
-    """Raise EpisodeError naming the first problem: lengths, NaNs, rotations, no tracked frame."""
-    n = len(ep.frame_index)
-    if ep.extrinsics.shape != (n, 4, 4):
-        raise EpisodeError("length_mismatch", f"extrinsics {ep.extrinsics.shape} for {n} frames")
+    """Raise EpisodeError naming the first problem, in this order: metadata; array shapes (frames,
+    extrinsics, intrinsics, hand fields, beta); NaN/inf in cameras and tracked frames; rotations (camera
+    rotations of every frame, wrist and finger rotations of tracked frames: orthonormal with det +1 within
+    ROTATION_TOL; a bottom extrinsics row of [0, 0, 0, 1]); frame indices strictly increasing; a tracked
+    frame somewhere. Untracked frames may hold anything."""
     if ep.main_hand not in layout.HANDS:
         raise EpisodeError("bad_metadata", f"main_hand {ep.main_hand!r}")
     if ep.camera_motion not in CAMERA_MOTIONS:
         raise EpisodeError("bad_metadata", f"camera_motion {ep.camera_motion!r}")
+    frame_index = np.asarray(ep.frame_index)
+    if frame_index.ndim != 1 or len(frame_index) == 0:
+        raise EpisodeError("bad_frame_index", f"frame_index must be a non-empty 1-d array, got {frame_index.shape}")
+    n = len(frame_index)
+    if ep.extrinsics.shape != (n, 4, 4):
+        raise EpisodeError("length_mismatch", f"extrinsics {ep.extrinsics.shape} for {n} frames")
+    if np.shape(ep.intrinsics) != (3, 3):
+        raise EpisodeError("bad_shape", f"intrinsics must be (3, 3), got {np.shape(ep.intrinsics)}")
     shapes = {
         "wrist": (n, 3), "orient": (n, 3, 3), "hand_pose": (n, 15, 3, 3), "joints": (n, 21, 3), "kept": (n,),
     }
@@ -81,12 +111,30 @@ def validate(ep: Episode) -> None:
             if getattr(track, field).shape != shape:
                 got = getattr(track, field).shape
                 raise EpisodeError("length_mismatch", f"{hand}/{field} {got} != {shape}")
+        if np.shape(track.beta) != (BETA_DIM,):
+            raise EpisodeError("bad_shape", f"{hand}/beta must be ({BETA_DIM},), got {np.shape(track.beta)}")
         kept = track.kept.astype(bool)
         for f in ("wrist", "orient", "hand_pose", "joints"):
             arrays[f"{hand}/{f}"] = getattr(track, f)[kept]
+        arrays[f"{hand}/beta"] = track.beta
     for name, arr in arrays.items():
         if not np.all(np.isfinite(arr)):
             raise EpisodeError("non_finite", f"{name} has NaN/inf")
+    _check_rotations("extrinsics rotation", ep.extrinsics[:, :3, :3])
+    if np.abs(ep.extrinsics[:, 3] - [0, 0, 0, 1]).max() > ROTATION_TOL:
+        raise EpisodeError("not_rotation", "extrinsics bottom row is not [0, 0, 0, 1]")
+    for hand in layout.HANDS:
+        _check_rotations(f"{hand}/orient", arrays[f"{hand}/orient"])
+        _check_rotations(f"{hand}/hand_pose", arrays[f"{hand}/hand_pose"])
+    if not np.issubdtype(frame_index.dtype, np.integer):
+        raise EpisodeError("bad_frame_index", f"frame_index must be integers, got {frame_index.dtype}")
+    steps = np.diff(frame_index)
+    if frame_index[0] < 0:
+        raise EpisodeError("bad_frame_index", f"frame_index starts at {int(frame_index[0])} (< 0)")
+    if np.any(steps <= 0):
+        k = int(np.argmax(steps <= 0)) + 1
+        raise EpisodeError("bad_frame_index", f"frame_index not strictly increasing: step {k} is frame "
+                                              f"{int(frame_index[k])} after {int(frame_index[k - 1])}")
     if not any(ep.hands[h].kept.any() for h in layout.HANDS):
         raise EpisodeError("no_valid_frames", "no hand is tracked in any frame")
 
@@ -120,25 +168,38 @@ def write_episode(stem: str | Path, ep: Episode) -> None:
 
 
 def read_episode(stem: str | Path) -> Episode:
-    """Read an episode written by `write_episode`; relative video paths resolve against its folder."""
+    """Read an episode written by `write_episode`; relative video paths resolve against its folder.
+
+    Unreadable files raise EpisodeError("unreadable_input"), missing or malformed fields ("bad_metadata").
+    """
     stem = Path(stem)
-    meta = json.loads(stem.with_suffix(".json").read_text())
-    if meta.get("format_version") != FORMAT_VERSION:
-        raise EpisodeError("bad_metadata", f"{stem}.json format_version {meta.get('format_version')}")
-    with np.load(stem.with_suffix(".npz")) as z:
-        arrays = {k: z[k] for k in z.files}
-    hands = {h: HandTrack(**{f: arrays[f"{h}/{f}"] for f in _HAND_FIELDS}) for h in layout.HANDS}
-    video = meta["video"]
-    if not os.path.isabs(video):
-        video = str(stem.parent / video)
-    return Episode(
-        video=video, video_name=meta["video_name"], frame_index=arrays["frame_index"],
-        extrinsics=arrays["extrinsics"], intrinsics=arrays["intrinsics"], hands=hands,
-        text={h: [(c, tuple(s)) for c, s in caps] for h, caps in meta["text"].items()},
-        main_hand=meta["main_hand"], fps=float(meta["fps"]), camera_motion=meta["camera_motion"],
-        labeler_versions=dict(meta.get("labeler_versions", {})), source=meta.get("source", ""),
-        rephrasings={h: [(list(a), tuple(s)) for a, s in r] for h, r in meta.get("rephrasings", {}).items()},
-    )
+    try:
+        meta = json.loads(stem.with_suffix(".json").read_text())
+    except (OSError, ValueError) as e:  # ValueError: bad json or bad UTF-8
+        raise EpisodeError("unreadable_input", f"{stem}.json: {type(e).__name__}: {e}") from None
+    if not isinstance(meta, dict) or meta.get("format_version") != FORMAT_VERSION:
+        version = meta.get("format_version") if isinstance(meta, dict) else None
+        raise EpisodeError("bad_metadata", f"{stem}.json format_version {version}")
+    try:
+        with np.load(stem.with_suffix(".npz"), allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as e:
+        raise EpisodeError("unreadable_input", f"{stem}.npz: {type(e).__name__}: {e}") from None
+    try:
+        hands = {h: HandTrack(**{f: arrays[f"{h}/{f}"] for f in _HAND_FIELDS}) for h in layout.HANDS}
+        video = meta["video"]
+        if not os.path.isabs(video):
+            video = str(stem.parent / video)
+        return Episode(
+            video=video, video_name=meta["video_name"], frame_index=arrays["frame_index"],
+            extrinsics=arrays["extrinsics"], intrinsics=arrays["intrinsics"], hands=hands,
+            text={h: [(c, tuple(s)) for c, s in caps] for h, caps in meta["text"].items()},
+            main_hand=meta["main_hand"], fps=float(meta["fps"]), camera_motion=meta["camera_motion"],
+            labeler_versions=dict(meta.get("labeler_versions", {})), source=meta.get("source", ""),
+            rephrasings={h: [(list(a), tuple(s)) for a, s in r] for h, r in meta.get("rephrasings", {}).items()},
+        )
+    except (KeyError, TypeError, ValueError, AttributeError) as e:  # a field missing or of the wrong kind
+        raise EpisodeError("bad_metadata", f"{stem}: missing or malformed field: {type(e).__name__}: {e}") from None
 
 
 class _ArraysOnlyUnpickler(pickle.Unpickler):
