@@ -1,0 +1,292 @@
+"""Convert a TFDS/RLDS dataset directory into frame stores (`vitra_jax.data.frames`), one per split.
+
+    python -m vitra_jax.data.convert --src .../bridge_dataset/1.0.0 --out DIR [--split train,val] \
+        [--image_key image_0] [--episodes_per_shard 1000]
+
+The source is read by directory (`tfds.builder_from_directory`; TFDS's registered OXE builders resolve to
+cloud storage, so names are never looked up), TFRecord or ArrayRecord, shard by shard in file order; each
+episode is decoded with the dataset's own feature spec, its images kept as the stored bytes. Output shards
+hold `episodes_per_shard` episodes of one source shard. A shard is written under temporary names and
+renamed, then its done marker is written; `store.json` of a split comes last. A killed conversion rerun
+with the same arguments skips finished shards and ends with the same files as an uninterrupted one; a
+split without `store.json` never opens as a store. `dataset_info.json` and `features.json` of the source
+are copied to the output root.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+
+from vitra_jax.data import frames
+
+PLAN_FILE = "plan.json"
+
+
+class ConvertError(ValueError):
+    """The source or the output folder cannot be converted as asked."""
+
+
+def _is_image(feature) -> bool:
+    import tensorflow_datasets as tfds
+
+    return isinstance(feature, tfds.features.Image)
+
+
+def _items(feature):
+    import tensorflow_datasets as tfds
+
+    return feature.items() if isinstance(feature, tfds.features.FeaturesDict) else None
+
+
+def image_keys_of(step_feature, prefix: str = "") -> list[str]:
+    """'/'-joined paths of the Image features of a step FeaturesDict, in spec order."""
+    out = []
+    for name, f in _items(step_feature):
+        if _is_image(f):
+            out.append(prefix + name)
+        elif _items(f) is not None:
+            out += image_keys_of(f, prefix + name + "/")
+    return out
+
+
+def feature_spec(feature) -> dict | str:
+    """A JSON-able summary of a FeaturesDict: leaf -> "Class shape dtype"."""
+    items = _items(feature)
+    if items is not None:
+        return {k: feature_spec(f) for k, f in items}
+    inner = getattr(feature, "feature", None)
+    if inner is not None:  # Sequence / Dataset
+        return {type(feature).__name__: feature_spec(inner)}
+    dtype = getattr(feature, "np_dtype", None)
+    return f"{type(feature).__name__} {tuple(getattr(feature, 'shape', ()))} {np.dtype(dtype).name}"
+
+
+def _conform(value, feature):
+    """A decoded leaf as a numpy array with the spec's dtype (text as bytes; ragged stays a list)."""
+    if _items(feature) is not None:
+        return {k: _conform(v, feature[k]) for k, v in value.items()}
+    dtype = np.dtype(getattr(feature, "np_dtype", object))
+    if dtype.kind == "O":  # text or sequences of text
+        if isinstance(value, str):
+            value = value.encode()
+        arr = np.asarray(value, dtype=object)
+        return arr.astype(bytes) if arr.size else np.zeros(arr.shape, "S1")
+    return np.asarray(value, dtype=dtype)
+
+
+def _stack(values: list):
+    if isinstance(values[0], dict):
+        return {k: _stack([v[k] for v in values]) for k in values[0]}
+    if len({v.shape for v in values}) > 1:
+        return values  # ragged across steps: kept per step
+    return np.stack(values)
+
+
+def _drop(tree: dict, path: list[str]) -> object:
+    node = tree
+    for p in path[:-1]:
+        node = node[p]
+    return node.pop(path[-1])
+
+
+def split_episode(episode: dict, features, image_keys: Sequence[str], all_image_keys: Sequence[str]):
+    """One decoded episode (images undecoded) -> (record tree, {key: per-step image bytes})."""
+    step_feature = features["steps"].feature
+    steps = [episode["steps"][t] for t in range(len(episode["steps"]))]
+    images = {k: [] for k in image_keys}
+    rows = []
+    for s in steps:
+        for k in all_image_keys:
+            b = _drop(s, k.split("/"))
+            if k in images:
+                images[k].append(bytes(b))
+        rows.append(s)
+    if not rows:
+        raise ConvertError("episode has no steps")
+    tree = _stack([_conform(r, step_feature) for r in rows])
+    # RLDS keeps episode metadata either under `episode_metadata` (OXE) or at the top level (TFDS rlds).
+    meta = episode["episode_metadata"] if "episode_metadata" in episode else \
+        {k: v for k, v in episode.items() if k != "steps"}
+    meta_feature = features["episode_metadata"] if "episode_metadata" in episode else features
+    tree["episode_metadata"] = _conform(meta, meta_feature)
+    return tree, images
+
+
+def _raw_records(path: str, file_format: str, start: int, stop: int) -> Iterator[bytes]:
+    if file_format == "array_record":
+        from array_record.python.array_record_module import ArrayRecordReader
+
+        reader = ArrayRecordReader(path, "readahead_buffer_size:16777216")
+        try:
+            for a in range(start, stop, 64):
+                yield from reader.read(a, min(a + 64, stop))
+        finally:
+            reader.close()
+    elif file_format == "tfrecord":
+        import tensorflow as tf
+
+        ds = tf.data.TFRecordDataset(path).skip(start).take(stop - start)
+        yield from ds.as_numpy_iterator()
+    else:
+        raise ConvertError(f"source file format {file_format!r} is not supported (tfrecord, array_record)")
+
+
+def _plan(builder, split: str, per_shard: int) -> list[tuple[str, int, int]]:
+    """Output shards of a split as (source file, first episode, end episode)."""
+    info = builder.info.splits[split]
+    files = [str(p) for p in info.filepaths]
+    lengths = list(info.shard_lengths)
+    if len(files) != len(lengths):
+        raise ConvertError(f"split {split}: {len(files)} files but {len(lengths)} shard lengths in dataset_info")
+    missing = [f for f in files if not os.path.exists(f)]
+    if missing:
+        raise ConvertError(f"split {split}: source files missing: {missing[:3]}")
+    return [(f, a, min(a + per_shard, n)) for f, n in zip(files, lengths) for a in range(0, n, per_shard)]
+
+
+def _resolve_keys(image_key, available: list[str], dataset: str) -> list[str]:
+    if image_key is None:
+        # All cameras; the first is the default a reader gets: the OXE registry's primary camera if the
+        # dataset has an entry, else the first by name (stable: image_0 before image_1).
+        from vitra_jax.data import oxe
+
+        primary = f"observation/{oxe.REGISTRY[dataset].image_key}" if dataset in oxe.REGISTRY else None
+        return sorted(available, key=lambda k: (k != primary, k))
+    asked = [image_key] if isinstance(image_key, str) else list(image_key)
+    keys = []
+    for k in asked:
+        match = k if k in available else f"observation/{k}" if f"observation/{k}" in available else None
+        if match is None:
+            raise ConvertError(f"image key {k!r} is not an image feature of the source; images: {available}")
+        keys.append(match)
+    return keys
+
+
+def _copy_metadata(src: Path, out: Path) -> None:
+    for name in ("dataset_info.json", "features.json"):
+        if (src / name).is_file():
+            tmp = out / f"{name}.tmp-{os.getpid()}"
+            shutil.copyfile(src / name, tmp)
+            os.replace(tmp, out / name)
+
+
+def convert_split(builder, split: str, out: Path, image_keys: list[str], per_shard: int,
+                  progress: bool = True) -> frames.FrameStore:
+    """Convert one split of `builder` into `out/split`, resuming finished shards."""
+    from tqdm import tqdm
+
+    features = builder.info.features
+    all_keys = image_keys_of(features["steps"].feature)
+    split_dir = out / split
+    shards = _plan(builder, split, per_shard)
+    source = {"name": builder.info.name, "version": str(builder.info.version), "dir": str(builder.data_dir),
+              "file_format": builder.info.file_format.value, "split": split,
+              "shard_lengths": list(builder.info.splits[split].shard_lengths)}
+    plan = {"source": source, "image_keys": image_keys, "episodes_per_shard": per_shard,
+            "format_version": frames.FORMAT_VERSION}
+    plan_file = split_dir / PLAN_FILE
+    if plan_file.is_file():
+        if json.loads(plan_file.read_text()) != plan:
+            raise ConvertError(f"{split_dir} holds a conversion with other settings or another source; remove "
+                               "it or rerun with the same arguments")
+        if (split_dir / frames.STORE_FILE).is_file():
+            return frames.FrameStore(split_dir)
+    else:
+        frames.atomic_write_bytes(plan_file, json.dumps(plan, indent=1).encode())
+    for stale in split_dir.rglob("*.tmp-*"):  # left by a killed run
+        stale.unlink()
+
+    count = len(shards)
+    done = [frames.marker_path(split_dir, i, count).is_file() for i in range(count)]
+    total = sum(b - a for _, a, b in shards)
+    finished = sum(b - a for (_, a, b), d in zip(shards, done) if d)
+    decoders = {"steps": _nested_skip(all_keys)}
+    fmt = builder.info.file_format.value
+    with tqdm(total=total, initial=finished, unit="ep", desc=f"{builder.info.name}/{split}",
+              disable=not progress) as bar:
+        for i, (path, a, b) in enumerate(shards):
+            if done[i]:
+                continue
+
+            def episodes(path=path, a=a, b=b):
+                for raw in _raw_records(path, fmt, a, b):
+                    ep = features.deserialize_example_np(raw, decoders=decoders)
+                    yield split_episode(ep, features, image_keys, all_keys)
+                    bar.update(1)
+
+            frames.write_shard(split_dir, i, count, image_keys, episodes())
+    info = {"source": source, "image_keys": image_keys, "episodes_per_shard": per_shard,
+            "splits": {s: int(v.num_examples) for s, v in builder.info.splits.items()},
+            "features": feature_spec(features), "features_file": "../features.json"}
+    frames.finalize_split(split_dir, count, info)
+    return frames.FrameStore(split_dir)
+
+
+def _nested_skip(keys: list[str]) -> dict:
+    import tensorflow_datasets as tfds
+
+    tree: dict = {}
+    for k in keys:
+        node = tree
+        parts = k.split("/")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+        node[parts[-1]] = tfds.decode.SkipDecoding()
+    return tree
+
+
+def convert(src: str | Path, out: str | Path, splits: Sequence[str] | str | None = None,
+            image_key: str | Sequence[str] | None = None, episodes_per_shard: int = 1000,
+            progress: bool = True) -> Path:
+    """Convert the TFDS dataset directory `src` (`<name>/<version>` or `<name>/<config>/<version>`) into
+    frame stores `out/<split>/`; returns `out`. `image_key`: keys to keep (default every image feature)."""
+    import tensorflow_datasets as tfds
+
+    src, out = Path(src), Path(out)
+    if not (src / "dataset_info.json").is_file():
+        raise ConvertError(f"{src} is not a TFDS dataset directory (no dataset_info.json)")
+    if episodes_per_shard < 1:
+        raise ConvertError(f"episodes_per_shard must be >= 1, got {episodes_per_shard}")
+    builder = tfds.builder_from_directory(str(src))
+    available = list(builder.info.splits)
+    splits = available if splits is None else [splits] if isinstance(splits, str) else list(splits)
+    unknown = [s for s in splits if s not in available]
+    if unknown:
+        raise ConvertError(f"splits {unknown} are not in {src}; available: {available}")
+    all_keys = image_keys_of(builder.info.features["steps"].feature)
+    if not all_keys:
+        raise ConvertError(f"{src}: the steps have no image feature")
+    keys = _resolve_keys(image_key, all_keys, builder.info.name)
+    out.mkdir(parents=True, exist_ok=True)
+    _copy_metadata(src, out)
+    for split in splits:
+        convert_split(builder, split, out, keys, episodes_per_shard, progress)
+    return out
+
+
+def main(argv) -> None:
+    del argv
+    splits = [s for s in _SPLIT.value.split(",") if s] if _SPLIT.value else None
+    keys = [k for k in _IMAGE_KEY.value.split(",") if k] if _IMAGE_KEY.value else None
+    out = convert(_SRC.value, _OUT.value, splits, keys, _PER_SHARD.value)
+    for split in splits or sorted(p.parent.name for p in out.glob(f"*/{frames.STORE_FILE}")):
+        s = frames.open_store(out, split)
+        print(f"{split}: {s.num_episodes} episodes, {s.num_frames} frames, images {list(s.image_keys)}, "
+              f"fingerprint {s.info['fingerprint'][:12]}")
+
+
+if __name__ == "__main__":
+    from absl import app, flags
+
+    _SRC = flags.DEFINE_string("src", None, "TFDS dataset directory (holds dataset_info.json).", required=True)
+    _OUT = flags.DEFINE_string("out", None, "Output folder; one frame store per split below it.", required=True)
+    _SPLIT = flags.DEFINE_string("split", "", "Comma-separated splits (default: all).")
+    _IMAGE_KEY = flags.DEFINE_string("image_key", "", "Comma-separated image keys to keep (default: all).")
+    _PER_SHARD = flags.DEFINE_integer("episodes_per_shard", 1000, "Episodes per output shard (resume unit).")
+    app.run(main)
