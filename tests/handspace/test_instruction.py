@@ -42,3 +42,24 @@ def test_rephrasings_follow_the_caption_in_force():
     assert rephrasings_at_frame(alts, "right", 7) == {"left": ["Wave hello"], "right": ["Unscrew the jar", "Open the lid"]}
     assert rephrasings_at_frame(alts, "right", 5) == {"left": [], "right": ["Unscrew the jar", "Open the lid"]}
     assert rephrasings_at_frame({}, "left", 0) == {"left": [], "right": []}
+
+
+def test_caption_spans_follow_the_caption_in_force():
+    text = {"right": [("Open the jar.", (0, 10)), ("Close it.", (10, 20))],
+            "left": [("Hold the jar.", (0, 4)), ("Hold the jar.", (4, 8))]}
+    assert ins.caption_spans_at_frame(text, "right", 5) == {"left": (4, 8), "right": (0, 10)}
+    assert ins.caption_spans_at_frame(text, "right", 12) == {"left": None, "right": (0, 10)}
+    assert ins.caption_spans_at_frame(text, "left", 12) == {"left": (0, 4), "right": (10, 20)}
+
+
+def test_choose_text_draws_every_wording_and_cleans_it():
+    import numpy as np
+
+    assert ins.choose_text("  open the jar ", ["Unscrew the jar."], None) == "open the jar."
+    assert ins.choose_text(None, ["x"], np.random.default_rng(0)) == "None."
+    assert ins.choose_text("", [], None) == "None."
+    rng = np.random.default_rng(0)
+    draws = [ins.choose_text("open the jar", ["Unscrew the jar.", " Twist the lid ", ""], rng) for _ in range(300)]
+    # The blank wording is never drawn; the three others about equally often.
+    assert sorted(set(draws)) == ["Twist the lid.", "Unscrew the jar.", "open the jar."]
+    assert min(draws.count(d) for d in set(draws)) > 70

@@ -99,3 +99,26 @@ def test_flip_horizontal_matches_targets_of_the_mirrored_scene():
     np.testing.assert_allclose(trajectory.flip_horizontal(tg.action), ref.action, atol=1e-10)
     np.testing.assert_array_equal(tg.action_mask[:, ::-1], ref.action_mask)
     np.testing.assert_allclose(trajectory.flip_horizontal(trajectory.flip_horizontal(tg.state)), tg.state)
+
+
+def test_a_hand_window_masks_steps_reaching_its_end():
+    rng = np.random.default_rng(3)
+    n = 20
+    hands = {"left": _track(rng, n, kept=np.array([i not in (3, 10, 11) for i in range(n)])), "right": _track(rng, n)}
+    ext = _cameras(rng, n)
+    full = trajectory.chunk_targets(hands, ext, 8)
+    c = trajectory.chunk_targets(hands, ext, 8, windows={"left": (5, 15)})
+    # Left step k (8+k -> 9+k) needs both frames tracked and 9+k < 15; the right hand keeps the episode.
+    assert "".join(str(int(v)) for v in c.action_mask[:, 0]) == "1000110000000000"
+    assert c.action_mask[:, 1].tolist() == [True] * 11 + [False] * 5
+    np.testing.assert_array_equal(c.action[:, 51:], full.action[:, 51:])
+    np.testing.assert_array_equal(c.action[c.action_mask[:, 0], :51], full.action[c.action_mask[:, 0], :51])
+    assert not c.action[~c.action_mask[:, 0], :51].any()
+    np.testing.assert_array_equal(c.state, full.state)
+    # When t+15 is the last frame, step 15 has no next frame: masked (the release keeps it, zero motion).
+    assert trajectory.chunk_targets(hands, ext, n - 16).action_mask[:, 1].tolist() == [True] * 15 + [False]
+    assert trajectory.chunk_targets(hands, ext, 2, windows={"right": (0, 18)}).action_mask[-1, 1] == 0
+    for bad, match in (({"left": (9, 15)}, "cover the anchor frame 8"), ({"left": (5, 21)}, "20 frames"),
+                       ({"both": (0, 20)}, "unknown hand")):
+        with pytest.raises(ValueError, match=match):
+            trajectory.chunk_targets(hands, ext, 8, windows=bad)

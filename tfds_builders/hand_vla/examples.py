@@ -24,6 +24,7 @@ def episode_example(ep: episode_lib.Episode, frames: np.ndarray, file_path: str,
     for t in range(n):
         caps = instruction.captions_at_frame(ep.text, ep.main_hand, t)
         alts = instruction.rephrasings_at_frame(ep.rephrasings, ep.main_hand, t)
+        spans = instruction.caption_spans_at_frame(ep.text, ep.main_hand, t)
         hands = {
             h: {
                 "wrist": tracks[h].wrist[t].astype(np.float32),
@@ -53,6 +54,8 @@ def episode_example(ep: episode_lib.Episode, frames: np.ndarray, file_path: str,
             "language_instruction_right": caps["right"] or "",
             "language_rephrasings_left": alts["left"],
             "language_rephrasings_right": alts["right"],
+            "language_interval_left": np.asarray(spans["left"] or (0, 0), np.int32),
+            "language_interval_right": np.asarray(spans["right"] or (0, 0), np.int32),
             "hands": hands,
             "camera": {"extrinsics": ep.extrinsics[t].astype(np.float32), "intrinsics": k},
             "frame_index": int(ep.frame_index[t]),

@@ -51,6 +51,10 @@ def hand_vla_features() -> tfds.features.FeaturesDict:
             tfds.features.Text(), doc="Alternative wordings of the left-hand caption (may be empty)."),
         "language_rephrasings_right": tfds.features.Sequence(
             tfds.features.Text(), doc="Alternative wordings of the right-hand caption (may be empty)."),
+        "language_interval_left": _tensor(
+            (2,), "Half-open [start, end) episode frames of the left-hand caption; (0, 0) if idle.", np.int32),
+        "language_interval_right": _tensor(
+            (2,), "Half-open [start, end) episode frames of the right-hand caption; (0, 0) if idle.", np.int32),
         "hands": tfds.features.FeaturesDict({"left": _hand("Left"), "right": _hand("Right")}),
         "camera": tfds.features.FeaturesDict({
             "extrinsics": _tensor((4, 4), "World→camera transform of this frame."),

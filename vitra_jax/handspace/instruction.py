@@ -2,11 +2,18 @@
 
 An idle hand reads "None."; each text is stripped and ends with '.' (VITRA §3.3). A horizontal flip swaps
 the hand words inside the texts (whole words only, so "upright" and "leftover" survive) and the two slots.
+At frame t the main hand's caption is its first one and the other hand's the one whose interval covers t
+(official `get_item_frame`); a training sample draws each text among that caption and its rephrasings.
+Deliberate difference: the release looks the secondary hand's rephrasings up by position among captions
+with the same text (an index quirk); here they are always those of the covering caption.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
+
+import numpy as np
 
 NONE_TEXT = "None."
 _PATTERN = re.compile(r"^Left hand: (?P<left>.*) Right hand: (?P<right>.*)$", re.DOTALL)
@@ -45,21 +52,17 @@ def swap_hand_words(text: str) -> str:
 def flip_instruction(instruction: str) -> str:
     """The instruction of the horizontally flipped video."""
     left, right = parse_instruction(instruction)
-    flip = lambda s: None if s is None else swap_hand_words(s)  # noqa: E731
+    flip = lambda s: None if s is None else swap_hand_words(s)
     return format_instruction(flip(right), flip(left))
 
 
-def _entries_at_frame(entries: dict[str, list], main_hand: str, t: int) -> dict[str, object]:
-    """Per hand, the payload of the entry in force at frame t: the main hand's first entry; for the other
-    hand the entry whose half-open (start, end) interval covers t; None if there is none."""
-    out: dict[str, object] = {}
-    for hand in ("left", "right"):
-        items = entries.get(hand) or []
-        if hand == main_hand:
-            out[hand] = items[0][0] if items else None
-        else:
-            out[hand] = next((x for x, (s, e) in items if s <= t < e), None)
-    return out
+def _entry_at_frame(entries: dict[str, list], main_hand: str, hand: str, t: int) -> tuple | None:
+    """The (payload, (start, end)) entry of `hand` in force at frame t: the main hand's first entry; for the
+    other hand the entry whose half-open interval covers t; None if there is none."""
+    items = entries.get(hand) or []
+    if hand == main_hand:
+        return items[0] if items else None
+    return next((item for item in items if item[1][0] <= t < item[1][1]), None)
 
 
 def captions_at_frame(text: dict[str, Captions], main_hand: str, t: int) -> dict[str, str | None]:
@@ -67,9 +70,35 @@ def captions_at_frame(text: dict[str, Captions], main_hand: str, t: int) -> dict
 
     Intervals are half-open (start, end) in episode frames (official `get_item_frame`).
     """
-    return _entries_at_frame(text, main_hand, t)  # type: ignore[return-value]
+    out = {}
+    for hand in ("left", "right"):
+        entry = _entry_at_frame(text, main_hand, hand, t)
+        out[hand] = None if entry is None else entry[0]
+    return out
+
+
+def caption_spans_at_frame(text: dict[str, Captions], main_hand: str, t: int) -> dict[str, tuple[int, int] | None]:
+    """Per-hand half-open (start, end) interval of the caption `captions_at_frame` picks (None if none)."""
+    out = {}
+    for hand in ("left", "right"):
+        entry = _entry_at_frame(text, main_hand, hand, t)
+        out[hand] = None if entry is None else (int(entry[1][0]), int(entry[1][1]))
+    return out
 
 
 def rephrasings_at_frame(rephrasings: dict[str, list], main_hand: str, t: int) -> dict[str, list[str]]:
     """Per-hand alternative wordings of the caption `captions_at_frame` picks (empty list if none)."""
-    return {h: list(v or []) for h, v in _entries_at_frame(rephrasings, main_hand, t).items()}
+    out = {}
+    for hand in ("left", "right"):
+        entry = _entry_at_frame(rephrasings, main_hand, hand, t)
+        out[hand] = [] if entry is None else list(entry[0] or [])
+    return out
+
+
+def choose_text(caption: str | None, rephrasings: Sequence[str] = (), rng: np.random.Generator | None = None) -> str:
+    """One hand's text for a sample: drawn uniformly among the caption and its rephrasings with `rng` (the
+    caption itself when `rng` is None), then stripped and ended with '.'; "None." for a missing caption."""
+    if not (caption or "").strip():
+        return NONE_TEXT
+    options = [caption, *(r for r in rephrasings if r.strip())]  # a blank wording would read "None."
+    return clean_text(options[int(rng.integers(len(options)))] if rng is not None else caption)

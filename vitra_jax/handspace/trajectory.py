@@ -6,7 +6,13 @@ p_c = R_w2c[t] · p_world + t_w2c[t]), so camera motion inside the chunk is remo
   state(t)    = [p_c(t), euler(R_c(t)), euler(θ(t))]                      valid iff kept(t)
   action(k)   = [p_c(k+1) − p_c(k), euler(R_c(k+1) · R_c(k)ᵀ), euler(θ(k+1))]
                                                                      valid iff kept(k) & kept(k+1)
-Slots past the episode end are invalid; invalid values are zero.
+Slots past the episode end are invalid; invalid values are zero. A hand may be limited to a window [s, e)
+of frames (the release limits the secondary hand to the caption interval covering t): its steps reaching a
+frame ≥ e are invalid too.
+
+Deliberate difference from the release: when t+n−1 is the last frame of the episode (or of a hand's window),
+the release's extra "next" frame is clipped without being flagged, so its step n−1 is valid with zero
+motion (one zero action per episode also enters its statistics); here every step needs a real next frame.
 """
 
 from __future__ import annotations
@@ -81,8 +87,8 @@ def _hand_targets(track: HandTrack, w2c: np.ndarray, cur: np.ndarray, nxt: np.nd
     return state * state_ok[:, None], state_ok, action * action_ok[:, None], action_ok
 
 
-def _assemble(hands: dict[str, HandTrack], w2c, cur, nxt, nxt_ok) -> Targets:
-    parts = [_hand_targets(hands[h], w2c, cur, nxt, nxt_ok) for h in layout.HANDS]
+def _assemble(hands: dict[str, HandTrack], w2c, cur, nxt, nxt_ok: dict[str, np.ndarray]) -> Targets:
+    parts = [_hand_targets(hands[h], w2c, cur, nxt, nxt_ok[h]) for h in layout.HANDS]
     return Targets(
         state=np.concatenate([p[0] for p in parts], -1),
         state_mask=np.stack([p[1] for p in parts], -1),
@@ -92,16 +98,29 @@ def _assemble(hands: dict[str, HandTrack], w2c, cur, nxt, nxt_ok) -> Targets:
 
 
 def chunk_targets(
-    hands: dict[str, HandTrack], extrinsics: np.ndarray, t: int, n: int = layout.CHUNK_LEN
+    hands: dict[str, HandTrack], extrinsics: np.ndarray, t: int, n: int = layout.CHUNK_LEN,
+    windows: dict[str, tuple[int, int]] | None = None,
 ) -> Targets:
-    """State at t (102,) and the n actions t+k→t+k+1 (n, 102), all in the camera of frame t."""
+    """State at t (102,) and the n actions t+k→t+k+1 (n, 102), all in the camera of frame t.
+
+    `windows` optionally limits a hand to frames [s, e) (half-open, s ≤ t < e): its steps reaching a frame
+    ≥ e are masked. A hand without a window uses the whole episode.
+    """
     num = len(extrinsics)
     if not 0 <= t < num:
         raise ValueError(f"anchor frame {t} outside the episode of {num} frames")
+    ends = {h: num for h in layout.HANDS}
+    for hand, (s, e) in (windows or {}).items():
+        if hand not in ends:
+            raise ValueError(f"window for unknown hand {hand!r}; expected one of {layout.HANDS}")
+        if not 0 <= s <= t < e <= num:
+            raise ValueError(f"{hand} window [{s}, {e}) must lie in the episode of {num} frames and cover "
+                             f"the anchor frame {t}")
+        ends[hand] = e
     k = np.arange(t, t + n)
     cur, nxt = np.minimum(k, num - 1), np.minimum(k + 1, num - 1)
     w2c = np.repeat(np.asarray(extrinsics)[t][None], n, axis=0)
-    out = _assemble(hands, w2c, cur, nxt, (k + 1) < num)
+    out = _assemble(hands, w2c, cur, nxt, {h: (k + 1) < ends[h] for h in layout.HANDS})
     out.state, out.state_mask = out.state[0], out.state_mask[0]
     return out
 
@@ -111,7 +130,8 @@ def step_targets(hands: dict[str, HandTrack], extrinsics: np.ndarray) -> Targets
     num = len(extrinsics)
     cur = np.arange(num)
     nxt = np.minimum(cur + 1, num - 1)
-    return _assemble(hands, np.asarray(extrinsics, dtype=np.float64), cur, nxt, (cur + 1) < num)
+    ok = (cur + 1) < num
+    return _assemble(hands, np.asarray(extrinsics, dtype=np.float64), cur, nxt, {h: ok for h in layout.HANDS})
 
 
 def flip_horizontal(x: np.ndarray) -> np.ndarray:
