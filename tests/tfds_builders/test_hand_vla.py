@@ -125,17 +125,43 @@ def _write_bad_inputs(root: pathlib.Path, fixtures: pathlib.Path) -> None:
     variant("broken", meta[: len(meta) // 2])  # truncated JSON
 
 
+LENIENT = hv.HandVlaConfig(name="episodes_lenient", source="episodes", max_skip_fraction=1.0)
+BAD_COUNTS = {"length_mismatch": 1, "missing_video": 1, "no_valid_frames": 1, "non_finite": 1,
+              "unreadable_input": 1, "unreadable_video": 1}
+
+
 def test_bad_inputs_are_skipped_and_counted(fixtures_dir, tmp_path):
     manual = tmp_path / "episodes"
     manual.mkdir()
     _write_bad_inputs(manual, fixtures_dir)
-    b = _build("episodes", tmp_path / "out", manual)
-    assert dict(b.skipped) == {"length_mismatch": 1, "missing_video": 1, "no_valid_frames": 1,
-                               "non_finite": 1, "unreadable_input": 1, "unreadable_video": 1}
+    b = _build(LENIENT, tmp_path / "out", manual)
+    assert dict(b.skipped) == BAD_COUNTS
     assert b.info.splits["train"].num_examples == 1
-    built = tfds.builder_from_directory(str(tmp_path / "out/hand_vla/episodes" / VERSION))
+    built = tfds.builder_from_directory(str(tmp_path / "out/hand_vla/episodes_lenient" / VERSION))
     (ep,) = built.as_dataset(split="train")
     assert ep["episode_metadata"]["file_path"].numpy().decode().endswith("good")
+    # With the default limit (5 %), 6 skips among 7 inputs fail the build, naming the counts.
+    with pytest.raises(RuntimeError, match=r"6 of 7 inputs skipped \(85.7%\), more than max_skip_fraction 5.0% "
+                                           r"\(length_mismatch=1, .*unreadable_video=1\)"):
+        _build("episodes", tmp_path / "strict", manual)
+    assert not list((tmp_path / "strict").rglob("dataset_info.json"))
+
+
+def test_a_bug_fails_the_build_instead_of_counting_as_bad_input(fixtures_dir, tmp_path, monkeypatch):
+    from tfds_builders.hand_vla import examples
+
+    manual = tmp_path / "episodes"
+    manual.mkdir()
+    E.write_episode(manual / "good", E.from_vitra(E.load_vitra_npy(fixtures_dir / NPY),
+                                                  video=str(fixtures_dir / CLIP), source="Ego4D"))
+
+    def broken(*args, **kwargs):
+        return {}["steps"]  # a programming error, not an input problem
+
+    monkeypatch.setattr(examples, "episode_example", broken)
+    with pytest.raises(KeyError, match="steps"):
+        _build(LENIENT, tmp_path / "out", manual)
+    assert not list((tmp_path / "out").rglob("dataset_info.json"))
 
 
 def test_no_usable_episode_fails_without_a_finished_dataset(fixtures_dir, tmp_path):
@@ -215,9 +241,8 @@ def test_beam_build_counts_skipped_episodes(fixtures_dir, tmp_path):
     manual = tmp_path / "episodes"
     manual.mkdir()
     _write_bad_inputs(manual, fixtures_dir)
-    b = _build("episodes", tmp_path / "out", manual, beam_options=PipelineOptions(["--direct_num_workers=1"]))
-    assert dict(b.skipped) == {"length_mismatch": 1, "missing_video": 1, "no_valid_frames": 1,
-                               "non_finite": 1, "unreadable_input": 1, "unreadable_video": 1}
+    b = _build(LENIENT, tmp_path / "out", manual, beam_options=PipelineOptions(["--direct_num_workers=1"]))
+    assert dict(b.skipped) == BAD_COUNTS
     assert b.info.splits["train"].num_examples == 1
 
 
@@ -304,3 +329,42 @@ def test_raw_ego4d_frames_are_undistorted_on_the_fly(fixtures_dir, tmp_path):
     with pytest.raises(RuntimeError, match="missing_intrinsics=1"):
         _build(config, tmp_path / "out", tmp_path)
     assert not list((tmp_path / "out").rglob("dataset_info.json"))
+
+
+def test_undistort_without_intrinsics_folder_fails(fixtures_dir, tmp_path):
+    """Raw videos must not pass for undistorted ones: a dataset folder without intrinsics/ fails the build
+    (or, asked for, only warns); pinhole datasets (EPIC, SSv2) need none."""
+    from tfds_builders.hand_vla import sources
+
+    for name in ("Ego4D", "epic"):
+        raw = tmp_path / "raw" / name
+        (raw / "episodic_annotations").mkdir(parents=True)
+        (raw / "videos").mkdir()
+        (raw / "episodic_annotations" / pathlib.Path(NPY).name).symlink_to(fixtures_dir / NPY)
+        (raw / "videos" / pathlib.Path(CLIP).name).symlink_to(fixtures_dir / CLIP)
+    config = hv.HandVlaConfig(name="raw", source="vitra1m", short_side=64, undistort=True, val_fraction=0.0)
+    with pytest.raises(sources.MissingIntrinsicsError, match=r"\['[^']*/raw/Ego4D'\] have no intrinsics/ folder"):
+        _build(config, tmp_path / "out", tmp_path / "raw")
+    assert not list((tmp_path / "out").rglob("dataset_info.json"))
+    npy = str(tmp_path / "raw" / "Ego4D" / "episodic_annotations" / pathlib.Path(NPY).name)
+    with pytest.raises(sources.MissingIntrinsicsError, match="has no intrinsics/ folder"):
+        sources.load_vitra1m(npy, 64, undistort=True)
+    _, plain = sources.load_vitra1m(npy, 64)
+    np.testing.assert_array_equal(sources.load_vitra1m(npy, 64, undistort=True, require_intrinsics=False)[1], plain)
+    epic = str(tmp_path / "raw" / "epic" / "episodic_annotations" / pathlib.Path(NPY).name)
+    np.testing.assert_array_equal(sources.load_vitra1m(epic, 64, undistort=True)[1], plain)
+    lenient = hv.HandVlaConfig(name="raw_warn", source="vitra1m", short_side=64, undistort=True,
+                               require_intrinsics=False, val_fraction=0.0)
+    assert _build(lenient, tmp_path / "out2", tmp_path / "raw").info.splits["train"].num_examples == 2
+
+
+def test_unreadable_annotation_is_an_input_error(fixtures_dir, tmp_path):
+    from tfds_builders.hand_vla import sources
+
+    ann = tmp_path / "Ego4D" / "episodic_annotations"
+    ann.mkdir(parents=True)
+    (ann / "cut.npy").write_bytes((fixtures_dir / NPY).read_bytes()[:5000])  # truncated pickle
+    spec = sources.LoadSpec("vitra1m", 64)
+    item, err = sources.load(spec, (0, str(ann / "cut.npy")))
+    assert isinstance(err, E.EpisodeError) and err.reason == "unreadable_input"
+    assert "cut.npy: " in str(err)

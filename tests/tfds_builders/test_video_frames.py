@@ -71,3 +71,82 @@ def test_video_parts_read_like_the_whole_video(fixtures_dir, tmp_path):
     ep, frames = sources.load_vitra1m(str(npy), 64, clip_len=10)  # no whole video: the parts are found
     assert len(frames) == len(ep.frame_index)
     assert np.abs(frames.astype(int) - whole[ep.frame_index]).mean() < 4
+
+
+def _index_frame(i: int) -> np.ndarray:
+    """A 64x48 BGR frame whose 8 vertical bars spell i in binary (white = 1), robust to lossy coding."""
+    img = np.zeros((48, 64, 3), np.uint8)
+    for bit in range(8):
+        if (i >> bit) & 1:
+            img[:, bit * 8:(bit + 1) * 8] = 255
+    return img
+
+
+def _index_of(rgb: np.ndarray) -> int:
+    return sum(1 << bit for bit in range(8) if rgb[:, bit * 8 + 2:(bit + 1) * 8 - 2].mean() > 127)
+
+
+def _write_indexed(path, fourcc: str, n: int = 120) -> str:
+    import cv2
+
+    out = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*fourcc), 30, (64, 48))
+    assert out.isOpened(), f"this OpenCV cannot write {fourcc}"
+    for i in range(n):
+        out.write(_index_frame(i))
+    out.release()
+    return str(path)
+
+
+@pytest.mark.parametrize("name, fourcc", [("clip.webm", "VP80"), ("clip.mp4", "mp4v")])
+def test_frames_are_the_requested_ones(tmp_path, name, fourcc):
+    """Each decoded frame's content spells its index, so this proves which frame came back: webm decoded from
+    the start, mp4 through a verified seek, and a forced seek on the webm."""
+    path = _write_indexed(tmp_path / name, fourcc)
+    pick = np.array([71, 70, 100, 119])
+    for seek in (None, True, False):
+        got = video.read_frames(path, pick, 48, seek=seek)
+        assert [_index_of(f) for f in got] == pick.tolist()
+
+
+class _DriftingCapture:
+    """A capture whose seeks land `drift` frames early, like OpenCV on a badly indexed file; it either
+    reports where it landed (`honest`) or the requested position."""
+
+    def __init__(self, real, drift: int, honest: bool):
+        self._cap, self._drift, self._honest, self._asked = real, drift, honest, None
+
+    def set(self, prop, value):
+        import cv2
+
+        if prop == cv2.CAP_PROP_POS_FRAMES:
+            self._asked = value
+            return self._cap.set(prop, max(0, value - self._drift))
+        return self._cap.set(prop, value)
+
+    def get(self, prop):
+        import cv2
+
+        if prop == cv2.CAP_PROP_POS_FRAMES and not self._honest and self._asked is not None:
+            return float(self._asked)
+        return self._cap.get(prop)
+
+    def __getattr__(self, name):
+        return getattr(self._cap, name)
+
+
+@pytest.mark.parametrize("honest", [True, False])
+def test_a_seek_that_misses_falls_back_to_decoding_from_the_start(tmp_path, monkeypatch, honest):
+    import cv2
+
+    path = _write_indexed(tmp_path / "clip.mp4", "mp4v")
+    real = cv2.VideoCapture
+    opened = []
+
+    def drifting(p):
+        opened.append(p)
+        return _DriftingCapture(real(p), drift=5, honest=honest)
+
+    monkeypatch.setattr(cv2, "VideoCapture", drifting)
+    got = video.read_frames(path, np.array([60, 90]), 48)
+    assert [_index_of(f) for f in got] == [60, 90]
+    assert len(opened) == 2  # the verified seek missed, the second pass decoded from frame 0

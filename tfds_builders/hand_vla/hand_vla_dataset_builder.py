@@ -9,9 +9,11 @@
         --beam_pipeline_options="direct_num_workers=8,direct_running_mode=multi_processing"
 
 Splits `train` and `val` are drawn per source video (see splits.py). Episodes that cannot be used
-(missing/corrupt video, NaNs, no tracked frame, length mismatch) are skipped; each skip is logged with its
-reason and a count per reason is logged at the end (and kept in `builder.skipped`). If a split ends up
-empty, the build fails and TFDS leaves no finished dataset behind.
+(missing/corrupt video, malformed files, NaNs, non-rotations, no tracked frame, length mismatch) are
+skipped; each skip is logged with its reason and a count per reason is logged at the end (and kept in
+`builder.skipped`). The build fails, and TFDS leaves no finished dataset behind, when a split ends up empty,
+when more than `max_skip_fraction` of the inputs are skipped, on any error that is not an input error (a
+bug), and when `undistort` meets a dataset folder without `intrinsics/` (unless `require_intrinsics` is off).
 Without Beam options, HAND_VLA_WORKERS=N decodes episodes in N local processes (order, and so output, is
 unchanged); with `--beam_pipeline_options` (any runner) the episodes are loaded by a Beam pipeline.
 """
@@ -40,7 +42,10 @@ SOURCES = ("demo", "vitra1m", "episodes")
 class HandVlaConfig(tfds.core.BuilderConfig):
     """`source`: one of SOURCES; `short_side`: stored image short side (px); `val_fraction`: share of
     source videos whose episodes go to `val`; `clip_len`: frames per part where vitra1m videos are split
-    into `{video}_part{k}.mp4`; `undistort`: vitra1m videos are raw, undistort them with `intrinsics/`."""
+    into `{video}_part{k}.mp4`; `undistort`: vitra1m videos are raw, undistort them with `intrinsics/`;
+    `require_intrinsics`: with `undistort`, a dataset folder needing but lacking `intrinsics/` fails the
+    build (off: a warning, videos used as they are); `max_skip_fraction`: the build fails when a larger
+    share of the inputs is skipped."""
 
     source: str = "episodes"
     short_side: int = 224
@@ -49,6 +54,8 @@ class HandVlaConfig(tfds.core.BuilderConfig):
     undistort: bool = False
     num_demo_episodes: int = 8
     seed: int = 0
+    require_intrinsics: bool = True
+    max_skip_fraction: float = 0.05
 
 
 class Builder(tfds.core.GeneratorBasedBuilder):
@@ -76,6 +83,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         super().__init__(**kwargs)
         self.skipped: collections.Counter = collections.Counter()  # reason -> episodes skipped
         self._beam = False
+        self._num_inputs = 0
 
     def _info(self) -> tfds.core.DatasetInfo:
         return self.dataset_info_from_configs(
@@ -101,17 +109,25 @@ class Builder(tfds.core.GeneratorBasedBuilder):
             if cfg.source == "vitra1m":
                 items = sources.list_vitra1m(manual)
                 groups = [sources.vitra1m_group(i) for i in items]
+                missing = sources.datasets_without_intrinsics(items) if cfg.undistort else []
+                if missing and cfg.require_intrinsics:
+                    raise sources.MissingIntrinsicsError(
+                        f"undistort is on but {missing} have no intrinsics/ folder, so their raw videos cannot be "
+                        "undistorted; add the release's intrinsics/, build them without undistort, or set "
+                        "require_intrinsics false to use their videos as they are")
             else:
                 items = sources.list_episode_files(manual)
                 groups = [self._group_or_skip(sources.episode_file_group, i) for i in items]
             if not items:
                 raise FileNotFoundError(f"no {cfg.source} inputs under {manual}: {self.MANUAL_DOWNLOAD_INSTRUCTIONS}")
+        self._num_inputs = len(items)
         # episode_id = position in the sorted list of all inputs, unique across splits
         jobs = [(i, item, g) for i, (item, g) in enumerate(zip(items, groups)) if g is not None]
         if not jobs:
             raise RuntimeError(f"hand_vla: no usable episode among {len(items)} inputs "
                                f"(skipped: {_summary(self.skipped)})")
-        spec = sources.LoadSpec(cfg.source, cfg.short_side, cfg.clip_len, cfg.undistort, cfg.seed)
+        spec = sources.LoadSpec(cfg.source, cfg.short_side, cfg.clip_len, cfg.undistort, cfg.seed,
+                                cfg.require_intrinsics)
         assignment = splits.assign([g for _, _, g in jobs], cfg.val_fraction)
         return {name: self._generate_examples([jobs[r][:2] for r in rows], spec, name)
                 for name, rows in assignment.items()}
@@ -155,6 +171,17 @@ class Builder(tfds.core.GeneratorBasedBuilder):
             "hand_vla %s: wrote %d of %d episodes; skipped: %s", split, written, len(jobs), summary)
         if written == 0:
             raise RuntimeError(f"hand_vla: no usable episode among {len(jobs)} {split} inputs (skipped: {summary})")
+        self._check_skip_fraction()
+
+    def _check_skip_fraction(self) -> None:
+        """Fail when the inputs skipped so far exceed max_skip_fraction of all inputs (the share only grows,
+        so checking after each split is exact by the last one)."""
+        skipped, limit = sum(self.skipped.values()), self.builder_config.max_skip_fraction
+        if self._num_inputs and skipped > limit * self._num_inputs:
+            raise RuntimeError(
+                f"hand_vla: {skipped} of {self._num_inputs} inputs skipped ({skipped / self._num_inputs:.1%}), "
+                f"more than max_skip_fraction {limit:.1%} ({_summary(self.skipped)}); fix the inputs or raise "
+                "max_skip_fraction in the config")
 
     def _process_pipeline_result(self, pipeline_result) -> None:
         from apache_beam.metrics.metric import MetricsFilter
@@ -169,6 +196,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
                 self.skipped[c.key.metric.name.removeprefix("skipped_")] += value
         (logging.warning if self.skipped else logging.info)(
             "hand_vla (beam): wrote %d episodes; skipped: %s", written, _summary(self.skipped))
+        self._check_skip_fraction()
 
 
 def _count_skip(skipped: collections.Counter, item: str, error: EpisodeError) -> None:

@@ -8,22 +8,30 @@
       {dataset}/intrinsics/{video_name}.npy    Ego4D omnidirectional calibration, used with `undistort`
   For a dataset folder named EgoExo4D*, frames and intrinsics are centre-cropped as the release does.
   With `undistort`, videos of a dataset that has `intrinsics/` are the raw ones: each needed frame is
-  undistorted on the fly exactly as the release's preprocessing does to whole videos.
+  undistorted on the fly exactly as the release's preprocessing does to whole videos. A dataset folder
+  without `intrinsics/` then fails the build (`MissingIntrinsicsError`), unless its videos need none
+  (EPIC-KITCHENS, SSv2: pinhole; EgoExo4D: must come undistorted) or `require_intrinsics` is off (a warning).
   (`{dataset}/episode_frame_index.npz` may sit beside them; it is not needed: every frame is a step.)
 
 Each work item also has a group (its source video) that decides its split, so no video spans two splits.
+Input errors (unreadable or malformed files, undecodable video) become `EpisodeError`s, counted as skips;
+any other exception is a bug and fails the build.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
+import pickle
 import re
 from pathlib import Path
 
 import cv2
 import numpy as np
+
+from absl import logging
 
 from tfds_builders.hand_vla import demo, examples, splits, video
 from vitra_jax.handspace import episode as episode_lib
@@ -33,6 +41,41 @@ VIDEO_SUFFIXES = (".mp4", ".webm", ".mkv", ".MP4")
 # EgoExo4D frames keep black fisheye borders after undistortion; the release keeps the centre 256/448 of
 # each side of the undistorted (1408 px, square) frame and adjusts the intrinsics to match.
 EGOEXO4D_CROP = 256 / 448
+# Dataset folders (lower-case prefixes) whose videos are pinhole as released: no intrinsics/ needed.
+PINHOLE_DATASETS = ("epic", "ssv2", "somethingsomething")
+# What reading a malformed or unreadable input file raises (EpisodeError, a ValueError, passes through).
+INPUT_ERRORS = (OSError, ValueError, EOFError, pickle.UnpicklingError)
+
+
+class MissingIntrinsicsError(RuntimeError):
+    """`undistort` is on but a dataset folder has no `intrinsics/`: its raw videos cannot be undistorted."""
+
+
+@contextlib.contextmanager
+def input_errors(what: str, reason: str = "unreadable_input"):
+    """Turn the errors of reading a malformed input file into EpisodeError(reason), naming `what`."""
+    try:
+        yield
+    except episode_lib.EpisodeError:
+        raise
+    except INPUT_ERRORS as e:
+        raise episode_lib.EpisodeError(reason, f"{what}: {type(e).__name__}: {e}") from None
+
+
+def is_egoexo4d(dataset_dir: Path) -> bool:
+    return dataset_dir.name.startswith("EgoExo4D")
+
+
+def needs_intrinsics(dataset_dir: Path) -> bool:
+    """Whether raw videos of this dataset folder need `intrinsics/` to be undistorted."""
+    name = dataset_dir.name.lower()
+    return not is_egoexo4d(dataset_dir) and not name.startswith(PINHOLE_DATASETS)
+
+
+def datasets_without_intrinsics(npys: list[str]) -> list[str]:
+    """Dataset folders of these annotations that need `intrinsics/` for `undistort` but lack it."""
+    dirs = sorted({Path(n).parent.parent for n in npys})
+    return [str(d) for d in dirs if needs_intrinsics(d) and not (d / "intrinsics").is_dir()]
 
 
 def list_episode_files(manual_dir: Path) -> list[str]:
@@ -84,20 +127,27 @@ def find_video_parts(dataset_dir: Path, video_name: str) -> list[str]:
     return parts
 
 
-def load_vitra1m(npy: str, short_side: int, clip_len: int = 2000,
-                 undistort: bool = False) -> tuple[episode_lib.Episode, np.ndarray]:
+def load_vitra1m(npy: str, short_side: int, clip_len: int = 2000, undistort: bool = False,
+                 require_intrinsics: bool = True) -> tuple[episode_lib.Episode, np.ndarray]:
     dataset_dir = Path(npy).parent.parent
-    d = episode_lib.load_vitra_npy(npy)
+    with input_errors(npy):
+        d = episode_lib.load_vitra_npy(npy)
     ep = episode_lib.from_vitra(d, video="", source=dataset_dir.name)
     ep.video = find_video(dataset_dir, ep.video_name)
     episode_lib.validate(ep)
     steps = []
-    egoexo = dataset_dir.name.startswith("EgoExo4D")  # Aria calibrations: videos must come undistorted
-    if undistort and not egoexo and (dataset_dir / "intrinsics").is_dir():
-        path = dataset_dir / "intrinsics" / f"{ep.video_name}.npy"
-        undistort_frame = undistorter(str(path), path.stat().st_mtime_ns if path.exists() else None)
-        if undistort_frame is not None:
-            steps.append(undistort_frame)
+    egoexo = is_egoexo4d(dataset_dir)  # Aria calibrations: videos must come undistorted
+    if undistort and needs_intrinsics(dataset_dir):
+        if (dataset_dir / "intrinsics").is_dir():
+            path = dataset_dir / "intrinsics" / f"{ep.video_name}.npy"
+            with input_errors(str(path), "bad_intrinsics"):
+                undistort_frame = undistorter(str(path), path.stat().st_mtime_ns if path.exists() else None)
+            if undistort_frame is not None:
+                steps.append(undistort_frame)
+        elif require_intrinsics:
+            raise MissingIntrinsicsError(f"undistort is on but {dataset_dir} has no intrinsics/ folder")
+        else:
+            _warn_raw_videos(str(dataset_dir))
     if egoexo:
         ep.intrinsics = geometry.center_crop_intrinsics(ep.intrinsics, EGOEXO4D_CROP)
         steps.append(functools.partial(video.center_crop, fraction=EGOEXO4D_CROP))
@@ -106,6 +156,12 @@ def load_vitra1m(npy: str, short_side: int, clip_len: int = 2000,
     if parts:
         return ep, video.read_frames_from_parts(parts, ep.frame_index, short_side, clip_len, transform)
     return ep, video.read_frames(ep.video, ep.frame_index, short_side, transform)
+
+
+@functools.cache
+def _warn_raw_videos(dataset_dir: str) -> None:
+    logging.warning("undistort is on but %s has no intrinsics/ folder: its videos are used AS THEY ARE "
+                    "(require_intrinsics is off)", dataset_dir)
 
 
 class Undistort:
@@ -150,23 +206,23 @@ class LoadSpec:
     clip_len: int = 2000
     undistort: bool = False
     seed: int = 0
+    require_intrinsics: bool = True
 
 
 def load(spec: LoadSpec, job: tuple[int, str]) -> tuple[str, dict | episode_lib.EpisodeError]:
-    """(item, RLDS example) or (item, EpisodeError) for job = (episode_id, item)."""
+    """(item, RLDS example) or (item, EpisodeError) for job = (episode_id, item); other errors propagate."""
     episode_id, item = job
     try:
         if spec.source == "demo":
             ep, frames = demo.demo_episode(int(item), spec.seed)
         elif spec.source == "vitra1m":
-            ep, frames = load_vitra1m(item, spec.short_side, spec.clip_len, spec.undistort)
+            ep, frames = load_vitra1m(item, spec.short_side, spec.clip_len, spec.undistort,
+                                      spec.require_intrinsics)
         else:
             ep, frames = load_episode_file(item, spec.short_side)
         return item, examples.episode_example(ep, frames, item, episode_id)
-    except episode_lib.EpisodeError as e:
+    except episode_lib.EpisodeError as e:  # bad input: counted and skipped; anything else ends the build
         return item, e
-    except Exception as e:  # a decoder or file error must not end the build: count it instead
-        return item, episode_lib.EpisodeError("unreadable_input", f"{type(e).__name__}: {e}")
 
 
 METRICS_NAMESPACE = "hand_vla"
