@@ -17,8 +17,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-from PIL import Image
 
+from vitra_jax.data import observation
 from vitra_jax.handspace import layout
 from vitra_jax.handspace.trajectory import integrate_actions
 from vitra_jax.models import diffusion
@@ -232,21 +232,17 @@ class VitraPolicy:
                             tokenizer: Any, normalizer: Any) -> dict[str, np.ndarray]:
         """One observation as a batch of 1: image squashed to the VLM size in [-1, 1]; state normalized then
         masked (§2.7)."""
-        image = np.asarray(image)
-        if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-            raise ValueError(f"image must be uint8 (H, W, 3), got {image.dtype} {image.shape}")
         n, a = self.cfg.dit.chunk_len, self.cfg.dit.action_dim
         checks = {"state": (state, (layout.STATE_DIM,)), "state_mask": (state_mask, (layout.STATE_DIM,)),
                   "action_mask": (action_mask, (n, a)), "fov": (fov, (2,))}
         for name, (v, shape) in checks.items():
             if np.shape(v) != shape:
                 raise ValueError(f"{name} must have shape {shape}, got {np.shape(v)}")
-        size = self.cfg.vlm.image_size  # squashed without aspect preservation, bicubic, as the processor does
-        # Host-side bicubic resize, as the PaliGemma processor does.
-        img = np.asarray(Image.fromarray(image).resize((size, size), Image.BICUBIC), np.float32) / 127.5 - 1.0
+        # the training loader prepares its batches with the same helpers (bicubic squash, normalize then mask)
+        img = observation.model_image(image, self.cfg.vlm.image_size)
         tokens, mask = tokenizer.batch_encode([instruction], self.cfg.max_text_len)
         sm = np.asarray(state_mask, np.float32)
-        norm_state = np.asarray(normalizer.normalize_state(state), np.float32) * sm
+        norm_state = observation.normalized_state(normalizer, state, sm)
         return {"images": img[None], "tokens": np.asarray(tokens, np.int32), "input_mask": np.asarray(mask, bool),
                 "fov": np.asarray(fov, np.float32)[None], "state": norm_state[None], "state_mask": sm[None],
                 "action_mask": np.asarray(action_mask, np.float32)[None]}

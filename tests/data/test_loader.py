@@ -1,0 +1,183 @@
+"""The grain pipeline on the demo dataset: samples equal `chunks.frame_sample` after the documented resize,
+normalization and tokenization (recomputed here from the RLDS build, Pillow and SentencePiece), the batch
+contract of the policy, exact iterator restore with worker processes, and clear errors."""
+
+import shutil
+
+import numpy as np
+import pytest
+import sentencepiece as spm
+from PIL import Image
+
+from vitra_jax.data import chunks, loader, mixture, statistics
+from vitra_jax.data.config import data_config
+from vitra_jax.models import policy as policy_lib
+
+SIZE, TEXT_LEN, VOCAB = 48, 40, 512
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("data")
+
+
+@pytest.fixture(scope="module")
+def pipeline(data_dir):
+    return loader.make_pipeline(data_config(data_dir=str(data_dir), tokenizer_vocab=VOCAB),
+                                image_size=SIZE, max_text_len=TEXT_LEN)
+
+
+@pytest.fixture(scope="module")
+def rlds(data_dir, pipeline):
+    """Train/val episodes read straight from the ArrayRecord TFDS build (not through the frame store)."""
+    import tensorflow_datasets as tfds
+
+    builder = tfds.builder_from_directory(str(next((data_dir / "tfds" / "hand_vla" / "demo").iterdir())))
+    out = {}
+    for split in ("train", "val"):
+        src = builder.as_data_source(split=split)
+        out[split] = [(chunks.stack_steps(list(src[i]["steps"])), src[i]["episode_metadata"])
+                      for i in range(len(src))]
+    return out
+
+
+def expected_example(steps, meta, t, pipeline, sp):
+    """The model inputs of frame t, computed from the official definitions written out here."""
+    main = meta["main_hand"].decode() if isinstance(meta["main_hand"], bytes) else str(meta["main_hand"])
+    s = chunks.frame_sample(steps, t, main_hand=main)
+    img = np.asarray(Image.fromarray(s["image"]).resize((SIZE, SIZE), Image.BICUBIC), np.float32) / 127.5 - 1
+    st = pipeline.statistics
+    ids = [sp.bos_id(), *sp.encode(s["instruction"] + "\n")][:TEXT_LEN]
+    tokens = np.zeros(TEXT_LEN, np.int32)
+    tokens[:len(ids)] = ids
+    return {
+        "images": img, "tokens": tokens, "input_mask": np.arange(TEXT_LEN) < len(ids), "fov": s["fov"],
+        "state": (s["state"] - st.state_mean) / (st.state_std + 1e-7) * s["state_mask"],
+        "state_mask": s["state_mask"],
+        "actions": (s["actions"] - st.action_mean) / (st.action_std + 1e-7) * s["action_mask"],
+        "action_mask": s["action_mask"],
+    }
+
+
+def locate(episodes, frame):
+    lengths = [len(steps["is_first"]) for steps, _ in episodes]
+    ends = np.cumsum(lengths)
+    e = int(np.searchsorted(ends, frame, side="right"))
+    return e, frame - (int(ends[e - 1]) if e else 0)
+
+
+def assert_example(got, want, what):
+    for k, v in want.items():
+        if got[k].dtype.kind == "f":
+            np.testing.assert_allclose(got[k], v, atol=2e-5, rtol=1e-5, err_msg=f"{what}: {k}")
+        else:
+            np.testing.assert_array_equal(got[k], v, err_msg=f"{what}: {k}")
+
+
+def test_training_batches_equal_frame_samples_after_resize_normalize_tokenize(pipeline, rlds):
+    sp = spm.SentencePieceProcessor(model_file=pipeline.tokenizer_path)
+    seed = 4
+    batch = next(pipeline.train_iterator(6, seed=seed))
+    fake = policy_lib.fake_batch(policy_lib.policy_config("tiny"), 6)
+    assert {k: v.dtype for k, v in batch.items()} == {k: v.dtype for k, v in fake.items()}
+    shapes = {"images": (SIZE, SIZE, 3), "tokens": (TEXT_LEN,), "input_mask": (TEXT_LEN,)}
+    for k, v in fake.items():
+        assert batch[k].shape == (6, *shapes.get(k, v.shape[1:])), k
+    # element k of the stream is frame `MixtureIndex[k]` of the train split
+    index = mixture.MixtureIndex(pipeline.components(), seed=mixture.derive_seed(pipeline.cfg.shuffle_seed, seed))
+    for k in range(6):
+        frame = index[k]["frame"]
+        e, t = locate(rlds["train"], frame)
+        steps, meta = rlds["train"][e]
+        want = expected_example(steps, meta, t, pipeline, sp)
+        assert_example({key: v[k] for key, v in batch.items()}, want, f"element {k} (episode {e}, t {t})")
+    assert pipeline.counters()["samples"] >= 6
+
+
+def test_validation_batches_are_fixed_and_unaugmented(pipeline, rlds):
+    sp = spm.SentencePieceProcessor(model_file=pipeline.tokenizer_path)
+    a = pipeline.val_batches(4, 2)
+    b = pipeline.val_batches(4, 2)
+    assert len(a) == 2 and all(np.array_equal(x[k], y[k]) for x, y in zip(a, b) for k in x)
+    index = mixture.MixtureIndex(pipeline.components("val"), seed=pipeline.cfg.shuffle_seed)
+    for k in (0, 5):
+        e, t = locate(rlds["val"], index[k]["frame"])
+        want = expected_example(*rlds["val"][e], t, pipeline, sp)
+        assert_example({key: v[k % 4] for key, v in a[k // 4].items()}, want, f"val element {k}")
+
+
+def test_raw_samples_walk_the_val_split_in_order(pipeline, rlds):
+    got = list(pipeline.samples("val", max_samples=30))
+    flat = [(steps, meta, t) for steps, meta in rlds["val"] for t in range(len(steps["is_first"]))][:30]
+    assert len(got) == len(flat)
+    for s, (steps, meta, t) in zip(got[::7], flat[::7]):
+        want = chunks.frame_sample(steps, t, main_hand=meta["main_hand"].decode())
+        np.testing.assert_array_equal(s["image"], want["image"])
+        np.testing.assert_array_equal(s["actions"], want["actions"])
+        assert s["instruction"] == want["instruction"]
+
+
+def test_iterator_restores_exactly_with_worker_processes(data_dir, pipeline):
+    cfg = data_config(data_dir=str(data_dir), num_workers=2, tokenizer_vocab=VOCAB)
+    pipe = loader.make_pipeline(cfg, image_size=16, max_text_len=TEXT_LEN)
+    it = pipe.train_iterator(2, seed=1)
+    for _ in range(7):
+        next(it)
+    state = it.get_state()
+    want = [next(it) for _ in range(100)]
+    resumed = pipe.train_iterator(2, seed=1)
+    resumed.set_state(state)
+    got = [next(resumed) for _ in range(100)]
+    for i, (x, y) in enumerate(zip(want, got)):
+        for k in x:
+            np.testing.assert_array_equal(x[k], y[k], err_msg=f"batch {i} key {k}")
+    # the same batches as an in-process iterator: workers change nothing
+    solo = loader.make_pipeline(data_config(data_dir=str(data_dir), tokenizer_vocab=VOCAB), image_size=16,
+                                max_text_len=TEXT_LEN).train_iterator(2, seed=1)
+    for _ in range(7):
+        next(solo)
+    first = next(solo)
+    for k in want[0]:
+        np.testing.assert_array_equal(first[k], want[0][k])
+    del it, resumed, want, got
+
+
+def test_process_shards_split_each_batch_stream(pipeline):
+    full = pipeline.dataset(seed=3, augment=False)
+    shards = [pipeline.dataset(seed=3, augment=False, process_index=p, process_count=2) for p in range(2)]
+    for i in range(3):
+        for p in range(2):
+            np.testing.assert_array_equal(shards[p][i]["actions"], full[2 * i + p]["actions"])
+    with pytest.raises(ValueError, match="process_index"):
+        pipeline.dataset(seed=3, augment=False, process_index=2, process_count=2)
+
+
+def test_missing_statistics_name_the_command(data_dir, pipeline, tmp_path):
+    with pytest.raises(statistics.MissingStatisticsError, match="vitra_jax.data.statistics"):
+        loader.make_pipeline(data_config(data_dir=str(data_dir), statistics=str(tmp_path / "none.json")),
+                             image_size=SIZE, max_text_len=TEXT_LEN)
+    # a copy of the frame store without its cached statistics, computing disabled
+    root = tmp_path / "frames"
+    shutil.copytree(data_dir / "frames" / "demo", root,
+                    ignore=shutil.ignore_patterns("dataset_statistics_*.json"))
+    comps = [{"name": "demo", "kind": "hand_vla", "path": str(root), "weight": 1.0, "split": "train"}]
+    cfg = data_config(data_dir=str(data_dir), components=comps, compute_statistics=False,
+                      tokenizer=pipeline.tokenizer_path)
+    with pytest.raises(statistics.MissingStatisticsError, match="statistics not found"):
+        loader.make_pipeline(cfg, image_size=SIZE, max_text_len=TEXT_LEN)
+
+
+def test_bad_configuration_is_refused(data_dir, tmp_path):
+    with pytest.raises(KeyError, match="unknown data config field"):
+        data_config(batch=3)
+    with pytest.raises(ValueError, match="nothing to train on"):
+        loader.make_pipeline(data_config(data_dir=str(tmp_path), build_demo=False), image_size=SIZE,
+                             max_text_len=TEXT_LEN)
+    comps = [{"name": "x", "kind": "hand_vla", "path": str(tmp_path / "nowhere")}]
+    with pytest.raises(FileNotFoundError, match="neither a frame store"):
+        loader.make_pipeline(data_config(data_dir=str(data_dir), components=comps), image_size=SIZE,
+                             max_text_len=TEXT_LEN)
+    comps = [{"name": "demo", "path": str(data_dir / "frames" / "demo")}]
+    with pytest.raises(FileNotFoundError, match="tokenizer_vocab"):
+        loader.make_pipeline(data_config(data_dir=str(data_dir), components=comps, tokenizer=str(tmp_path / "t.model")),
+                             image_size=SIZE, max_text_len=TEXT_LEN)

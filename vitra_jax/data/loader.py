@@ -1,0 +1,320 @@
+"""The training-data pipeline: frame stores -> weighted mixture -> samples -> batches, as a grain iterator.
+
+    pipeline = make_pipeline(data_config(), image_size=224, max_text_len=64)
+    it = pipeline.train_iterator(batch_size=32, seed=0, process_index=jax.process_index(),
+                                 process_count=jax.process_count())
+    batch = next(it)          # the keys and dtypes of `models.policy.fake_batch`
+    state = it.get_state()    # saved with the checkpoint; it.set_state(state) resumes at the same batch
+
+Every frame of every component's split is a sample (`mixture.py` decides how often); the transforms are in
+`transforms.py`. The stream is one endless grain `MapDataset` indexed by global sample number, so the
+iterator state is a position, processes take every `process_count`-th sample, and worker processes
+(`num_workers`) decode and augment whole batches without changing which batch comes next.
+
+With `build_demo` (and no components) the procedural `demo` hand_vla set is built (TFDS, ArrayRecord),
+converted to a frame store, a tokenizer trained on its texts and statistics computed, all under `data_dir`,
+each step skipped when its output exists.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import grain
+import ml_collections
+import numpy as np
+from absl import flags, logging
+
+from vitra_jax.data import mixture, statistics, transforms
+from vitra_jax.data.config import KINDS
+from vitra_jax.data.frames import FrameStore, open_store
+
+DEMO = "demo"
+
+
+class Pipeline:
+    """Opened components, tokenizer and normalizer; makes training iterators and validation batches."""
+
+    def __init__(self, cfg: ml_collections.ConfigDict, train: list[transforms.Source],
+                 val: list[transforms.Source], weights: dict[str, float], tokenizer_path: str,
+                 stats: statistics.DatasetStatistics, *, image_size: int, max_text_len: int):
+        from vitra_jax.tokenizer import Tokenizer
+
+        self.cfg, self.train_sources, self.val_sources, self.weights = cfg, train, val, weights
+        self.tokenizer_path = tokenizer_path
+        self.tokenizer = Tokenizer(tokenizer_path)
+        self.statistics = stats
+        self.normalizer = stats.normalizer()
+        self.image_size, self.max_text_len = int(image_size), int(max_text_len)
+        self._counts = dict.fromkeys(transforms.STAT_NAMES, 0.0)
+        self._counts["samples"] = 0.0
+        self._lock = threading.Lock()
+
+    # -- building blocks ---------------------------------------------------------------------------------
+
+    def components(self, split: str = "train") -> list[mixture.Component]:
+        sources = self.train_sources if split == "train" else self.val_sources
+        return [mixture.Component(s.name, s.store.num_frames, self.weights[s.name]) for s in sources]
+
+    def dataset(self, *, seed: int, augment: bool, split: str = "train", rephrase: bool | None = None,
+                process_index: int = 0, process_count: int = 1) -> grain.MapDataset:
+        """Endless MapDataset of model-input examples (with `_stats`) for one process's shard."""
+        if not 0 <= process_index < process_count:
+            raise ValueError(f"process_index {process_index} must lie in [0, process_count={process_count})")
+        sources = self.train_sources if split == "train" else self.val_sources
+        if not sources:
+            raise ValueError(f"no component has a {split!r} split")
+        cfg = self.cfg
+        ds = mixture.MixtureIndex(self.components(split), seed=seed)[process_index::process_count]
+        rephrase = augment and cfg.rephrase if rephrase is None else rephrase
+        ds = ds.map(transforms.LoadSample(sources, seed=seed, chunk_len=cfg.chunk_len, rephrase=rephrase,
+                                          cache_size=cfg.episode_cache))
+        if augment:
+            ds = ds.map(transforms.Augment(_augment_config(cfg), cfg.state_dropout))
+        return ds.map(transforms.ToModelInputs(image_size=self.image_size, max_text_len=self.max_text_len,
+                                               tokenizer_path=self.tokenizer_path, normalizer=self.normalizer))
+
+    def _count(self, batch: dict) -> dict:
+        stats = batch.pop("_stats")
+        with self._lock:
+            for name, v in zip(transforms.STAT_NAMES, stats.sum(0)):
+                self._counts[name] += float(v)
+            self._counts["samples"] += len(stats)
+        return batch
+
+    # -- the interface the trainer uses ----------------------------------------------------------------
+
+    def train_iterator(self, batch_size: int, *, seed: int, process_index: int = 0,
+                       process_count: int = 1) -> grain.DatasetIterator:
+        """Endless iterator of per-process batches; `get_state()`/`set_state()` give its exact position."""
+        if batch_size <= 0:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        cfg = self.cfg
+        seed = mixture.derive_seed(cfg.shuffle_seed, seed)
+        ds = self.dataset(seed=seed, augment=cfg.augment, process_index=process_index,
+                          process_count=process_count)
+        ds = ds.batch(batch_size, drop_remainder=True)
+        it_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=max(1, cfg.read_threads),
+                                                     prefetch_buffer_size=max(1, cfg.read_threads)))
+        if cfg.num_workers > 0:
+            _mark_flags_parsed()
+            it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=cfg.num_workers,
+                                                                   per_worker_buffer_size=cfg.worker_buffer))
+        return iter(it_ds.map(self._count))
+
+    def val_batches(self, batch_size: int, num_batches: int) -> list[dict]:
+        """The first `num_batches` batches of the validation mixture: fixed, no augmentation, captions only."""
+        ds = self.dataset(seed=self.cfg.shuffle_seed, augment=False, split="val", rephrase=False)
+        out = []
+        for b in range(num_batches):
+            batch = ds.batch(batch_size, drop_remainder=True)[b]
+            batch.pop("_stats")
+            out.append(batch)
+        return out
+
+    def samples(self, split: str = "val", max_samples: int | None = None) -> Iterator[dict]:
+        """Raw frame samples (image uint8 at stored size, unnormalized targets) of every frame of `split`,
+        component by component, episode by episode; captions, no augmentation."""
+        sources = self.train_sources if split == "train" else self.val_sources
+        loader = transforms.LoadSample(sources, seed=0, chunk_len=self.cfg.chunk_len,
+                                       cache_size=self.cfg.episode_cache)
+        n = 0
+        for c, src in enumerate(sources):
+            for frame in range(src.store.num_frames):
+                if max_samples is not None and n >= max_samples:
+                    return
+                yield loader.load(c, frame, None)
+                n += 1
+
+    def counters(self) -> dict:
+        """Totals over the batches this process has taken: samples, truncated prompts, augmentation
+        fallbacks, bytes read, and bytes read per sample."""
+        with self._lock:
+            out = dict(self._counts)
+        out["bytes_per_sample"] = out["bytes_read"] / max(out["samples"], 1.0)
+        return out
+
+
+def _mark_flags_parsed() -> None:
+    # grain's worker processes read absl flags; outside absl.app.run they are not parsed yet.
+    if not flags.FLAGS.is_parsed():
+        flags.FLAGS.mark_as_parsed()
+
+
+def _augment_config(cfg: ml_collections.ConfigDict) -> Any:
+    from vitra_jax.data import augment
+
+    return augment.AugmentConfig(**dict(cfg.augment_config))
+
+
+# -- opening components --------------------------------------------------------------------------------
+
+def _is_store_root(path: pathlib.Path) -> bool:
+    return any((p / "store.json").is_file() for p in path.iterdir()) if path.is_dir() else False
+
+
+def _is_tfds_dir(path: pathlib.Path) -> bool:
+    return (path / "dataset_info.json").is_file()
+
+
+def _frames_root(comp: dict, data_dir: pathlib.Path) -> pathlib.Path:
+    """A component's frame store root; a TFDS build is converted once to data_dir/frames/<name>."""
+    path = pathlib.Path(comp["path"])
+    if _is_store_root(path):
+        return path
+    if _is_tfds_dir(path):
+        out = data_dir / "frames" / comp["name"]
+        if not _is_store_root(out):
+            from vitra_jax.data import convert
+
+            image_key = None
+            if comp["kind"] == "oxe":
+                from vitra_jax.data import oxe
+
+                image_key = getattr(oxe.get(comp["name"]), "image_key", None)
+            logging.info("converting %s to a frame store at %s", path, out)
+            convert.convert(path, out, image_key=image_key)
+        return out
+    raise FileNotFoundError(f"component {comp['name']!r}: {path} is neither a frame store root (folders with "
+                            "store.json) nor a TFDS dataset folder (dataset_info.json)")
+
+
+def _open(comp: dict, root: pathlib.Path, split: str) -> transforms.Source:
+    entry = None
+    if comp["kind"] == "oxe":
+        from vitra_jax.data import oxe
+
+        entry = oxe.get(comp["name"])
+    return transforms.Source(comp["name"], comp["kind"], open_store(root, split), entry)
+
+
+def build_demo(data_dir: pathlib.Path) -> pathlib.Path:
+    """The demo hand_vla set as a frame store under data_dir/frames/demo (built and converted if missing)."""
+    out = data_dir / "frames" / DEMO
+    if _is_store_root(out):
+        return out
+    from tfds_builders.hand_vla.hand_vla_dataset_builder import Builder
+
+    builder = Builder(config=DEMO, data_dir=str(data_dir / "tfds"), file_format="array_record")
+    builder.download_and_prepare()
+    from vitra_jax.data import convert
+
+    convert.convert(builder.data_dir, out)
+    return out
+
+
+def _texts(store: FrameStore) -> list[str]:
+    """Every instruction, caption and rephrasing stored in a frame store's episodes."""
+    texts: set[str] = set()
+
+    def walk(node):
+        if isinstance(node, dict):
+            for v in node.values():
+                walk(v)
+        elif isinstance(node, (list, tuple)):
+            for v in node:
+                walk(v)
+        elif isinstance(node, np.ndarray) and node.dtype.kind in "SUO":
+            for v in node.ravel():
+                walk(v)
+        elif isinstance(node, (bytes, str)):
+            s = node.decode() if isinstance(node, bytes) else node
+            if s.strip():
+                texts.add(s.strip())
+
+    for e in range(store.num_episodes):
+        ep = store.episode(e)
+        walk({k: v for k, v in ep.items() if k.startswith("language")})
+    return sorted(texts)
+
+
+def _tokenizer(cfg: ml_collections.ConfigDict, data_dir: pathlib.Path, sources: list[transforms.Source]) -> str:
+    path = pathlib.Path(cfg.tokenizer or data_dir / "tokenizer" / "tokenizer.model")
+    if path.is_file():
+        return str(path)
+    if cfg.tokenizer_vocab <= 0:
+        raise FileNotFoundError(f"tokenizer model not found at {path}; give data.tokenizer, or set "
+                                "data.tokenizer_vocab > 0 to train one on the dataset's texts")
+    from vitra_jax.tokenizer import train_sentencepiece
+
+    texts = sorted({t for s in sources for t in _texts(s.store)})
+    logging.info("training a %d-piece sentencepiece model on %d texts", cfg.tokenizer_vocab, len(texts))
+    made = train_sentencepiece(texts, path.parent, cfg.tokenizer_vocab)
+    if made != path:
+        os.replace(made, path)
+    return str(path)
+
+
+def _episode_arrays(src: transforms.Source):
+    """The per-step action/state arrays of every episode, as `statistics.compute_statistics` takes them."""
+    for e in range(src.store.num_episodes):
+        ep = src.store.episode(e)
+        if src.kind == "oxe":
+            from vitra_jax.data import oxe
+
+            yield oxe.episode_arrays(src.entry, ep)
+        else:
+            yield {"action": ep["action"], "action_mask": ep["action_mask"],
+                   "state": ep["observation"]["state"], "state_mask": ep["observation"]["state_mask"]}
+
+
+def _statistics(cfg: ml_collections.ConfigDict, sources: list[transforms.Source],
+                weights: dict[str, float]) -> statistics.DatasetStatistics:
+    if cfg.statistics:
+        return statistics.DatasetStatistics.load(cfg.statistics)
+    per = {}
+    for src in sources:
+        fp = statistics.fingerprint(src.store.info["fingerprint"], src.kind, src.name)
+        cache_dir = src.store.path
+
+        def compute(src=src, cache_dir=cache_dir, fp=fp):
+            if not cfg.compute_statistics:
+                raise statistics.MissingStatisticsError(pathlib.Path(cache_dir) / statistics.cache_name(fp))
+            return statistics.compute_statistics(_episode_arrays(src), progress=False,
+                                                 total=src.store.num_episodes)
+        per[src.name] = statistics.cached_statistics(cache_dir, fp, compute)
+    return statistics.combine(per, weights)
+
+
+def resolve_components(cfg: ml_collections.ConfigDict) -> list[dict]:
+    """The configured components as plain dicts (checked), or the demo set when none are given."""
+    data_dir = pathlib.Path(cfg.data_dir)
+    comps = [dict(c) for c in cfg.components]
+    if not comps:
+        if not cfg.build_demo:
+            raise ValueError("data.components is empty and data.build_demo is off: nothing to train on")
+        return [{"name": DEMO, "kind": "hand_vla", "path": str(build_demo(data_dir)), "weight": 1.0,
+                 "split": "train"}]
+    for c in comps:
+        missing = {"name", "path"} - set(c)
+        if missing:
+            raise ValueError(f"data component {c} lacks {sorted(missing)}")
+        c.setdefault("kind", "hand_vla")
+        c.setdefault("weight", 1.0)
+        c.setdefault("split", "train")
+        if c["kind"] not in KINDS:
+            raise ValueError(f"component {c['name']!r}: unknown kind {c['kind']!r}; use one of {KINDS}")
+    names = [c["name"] for c in comps]
+    if len(set(names)) != len(names):
+        raise ValueError(f"data component names must be unique, got {names}")
+    return comps
+
+
+def make_pipeline(data_cfg: ml_collections.ConfigDict, *, image_size: int, max_text_len: int) -> Pipeline:
+    """Opens (building the demo if asked) every component, the tokenizer and the statistics."""
+    data_dir = pathlib.Path(data_cfg.data_dir)
+    comps = resolve_components(data_cfg)
+    train, val = [], []
+    for c in comps:
+        root = _frames_root(c, data_dir)
+        train.append(_open(c, root, c["split"]))
+        if (root / data_cfg.val_split / "store.json").is_file():
+            val.append(_open(c, root, data_cfg.val_split))
+    weights = {c["name"]: float(c["weight"]) for c in comps}
+    tok = _tokenizer(data_cfg, data_dir, train)
+    stats = _statistics(data_cfg, train, weights)
+    return Pipeline(data_cfg, train, val, weights, tok, stats, image_size=image_size, max_text_len=max_text_len)
