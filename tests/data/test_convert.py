@@ -1,0 +1,135 @@
+"""convert: a conversion killed mid-shard resumes to the same files as an uninterrupted one; the CLI; the
+hand_vla demo (ArrayRecord) converts to frames equal to TFDS's episodes; bad input fails clearly."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from vitra_jax.data import chunks, convert, frames
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+@pytest.fixture(scope="module")
+def bridge_src(fixtures_dir):
+    return fixtures_dir / "oxe" / "bridge_dataset" / "1.0.0"
+
+
+def _files(root):
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_killed_conversion_resumes_to_identical_files(bridge_src, tmp_path, monkeypatch):
+    whole = convert.convert(bridge_src, tmp_path / "whole", episodes_per_shard=10, progress=False)
+
+    real = frames.write_shard
+    calls = []
+
+    def dies_in_shard_1(split_dir, index, count, keys, episodes):
+        calls.append((split_dir.name, index))
+        if index == 1:
+            def some_then_crash(source):
+                for n, item in enumerate(source):
+                    if n == 2:
+                        raise RuntimeError("simulated kill")
+                    yield item
+            episodes = some_then_crash(episodes)
+        return real(split_dir, index, count, keys, episodes)
+
+    monkeypatch.setattr(frames, "write_shard", dies_in_shard_1)
+    out = tmp_path / "resumed"
+    with pytest.raises(RuntimeError, match="simulated kill"):
+        convert.convert(bridge_src, out, episodes_per_shard=10, progress=False)
+    # Half-written: shard 0 done, shard 1 only under temporary names, no store.json, so it never opens.
+    train = out / "train"
+    assert frames.marker_path(train, 0, 3).is_file() and not frames.marker_path(train, 1, 3).exists()
+    assert not frames.episodes_path(train, 1, 3).exists() and list(train.rglob("*.tmp-*"))
+    with pytest.raises(frames.StoreError, match="did not finish"):
+        frames.open_store(out, "train")
+
+    calls.clear()
+    monkeypatch.setattr(frames, "write_shard", lambda *a: calls.append((a[0].name, a[1])) or real(*a))
+    convert.convert(bridge_src, out, episodes_per_shard=10, progress=False)
+    assert calls == [("train", 1), ("train", 2), ("val", 0), ("val", 1), ("val", 2)]  # shard 0 kept
+    assert _files(out) == _files(whole)
+    assert not list(out.rglob("*.tmp-*"))
+    store = frames.open_store(out, "train")
+    assert store.num_frames == 250 and len(store.info["fingerprint"]) == 64
+
+
+def test_finished_store_is_reused_and_other_settings_refused(bridge_src, tmp_path, monkeypatch):
+    out = convert.convert(bridge_src, tmp_path, splits="val", progress=False)
+    monkeypatch.setattr(frames, "write_shard", lambda *a: pytest.fail("a finished split was rewritten"))
+    convert.convert(bridge_src, tmp_path, splits=["val"], progress=False)
+    with pytest.raises(convert.ConvertError, match="other settings"):
+        convert.convert(bridge_src, out, splits="val", image_key="image_1", progress=False)
+
+
+def test_cli_one_split_one_camera(bridge_src, tmp_path):
+    out = tmp_path / "cli"
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=REPO)
+    res = subprocess.run([sys.executable, "-m", "vitra_jax.data.convert", f"--src={bridge_src}", f"--out={out}",
+                          "--split=val", "--image_key=image_2"], capture_output=True, text=True, env=env,
+                         timeout=120)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "val: 25 episodes, 250 frames" in res.stdout
+    assert "bridge_dataset/val" in res.stderr and "25/25" in res.stderr  # the tqdm bar
+    assert sorted(p.name for p in out.iterdir()) == ["dataset_info.json", "features.json", "val"]
+    for name in ("dataset_info.json", "features.json"):
+        assert (out / name).read_bytes() == (bridge_src / name).read_bytes()
+    store = frames.open_store(out, "val")
+    assert store.image_keys == ("observation/image_2",)
+    b = tfds.builder_from_directory(str(bridge_src))
+    skip = {"steps": {"observation": {"image_2": tfds.decode.SkipDecoding()}}}
+    ep = next(iter(tfds.as_numpy(b.as_dataset(split="val", shuffle_files=False, decoders=skip))))
+    for t, step in enumerate(ep["steps"]):
+        assert store.image_bytes(0, t) == step["observation"]["image_2"]
+    with pytest.raises(KeyError, match="observation/image_2"):
+        store.image_bytes(0, 0, "image_0")
+
+
+def test_demo_hand_vla_array_record(tmp_path):
+    from tfds_builders.hand_vla.hand_vla_dataset_builder import Builder
+
+    builder = Builder(config="demo", data_dir=str(tmp_path / "tfds"), file_format="array_record")
+    builder.download_and_prepare()
+    out = convert.convert(builder.data_dir, tmp_path / "frames", episodes_per_shard=4, progress=False)
+    raw = {"steps": {"observation": {"image": tfds.decode.SkipDecoding()}}}
+    sources = tfds.data_source("hand_vla/demo", data_dir=str(tmp_path / "tfds"), decoders=raw)
+    for split, n in (("train", 6), ("val", 2)):
+        store = frames.open_store(out, split)
+        assert store.num_episodes == len(sources[split]) == n and store.image_keys == ("observation/image",)
+        # ArrayRecord keeps the source order, so episode i of the store is record i of the split.
+        for i in (0, n - 1):
+            ep = sources[split][i]
+            steps = [ep["steps"][t] for t in range(len(ep["steps"]))]
+            got = store.episode(i)
+            assert got["episode_metadata"]["episode_id"] == ep["episode_metadata"]["episode_id"]
+            main_hand = ep["episode_metadata"]["main_hand"]
+            assert got["episode_metadata"]["main_hand"] == (main_hand if isinstance(main_hand, bytes)
+                                                            else main_hand.encode())
+            for t in (0, 5, len(steps) - 1):
+                assert store.image_bytes(i, t) == steps[t]["observation"]["image"]
+                np.testing.assert_array_equal(got["action"][t], steps[t]["action"])
+                np.testing.assert_array_equal(got["hands"]["right"]["wrist"][t], steps[t]["hands"]["right"]["wrist"])
+                np.testing.assert_array_equal(got["camera"]["extrinsics"][t], steps[t]["camera"]["extrinsics"])
+            # The training sample from the store equals the one from the TFDS episode with the same image.
+            ref_steps = chunks.stack_steps([{k: v for k, v in s.items() if k != "observation"} for s in steps])
+            image = store.image(i, 2)
+            a = chunks.frame_sample(got, 2, image=image)
+            b = chunks.frame_sample(ref_steps, 2, image=image)
+            for k in ("instruction", "state", "state_mask", "actions", "action_mask", "fov", "palm_path"):
+                np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
+def test_bad_input_fails_clearly(bridge_src, tmp_path):
+    with pytest.raises(convert.ConvertError, match="no dataset_info.json"):
+        convert.convert(tmp_path, tmp_path / "o")
+    with pytest.raises(convert.ConvertError, match=r"available: \['train', 'val'\]"):
+        convert.convert(bridge_src, tmp_path / "o", splits="test")
+    with pytest.raises(convert.ConvertError, match="observation/image_3"):
+        convert.convert(bridge_src, tmp_path / "o", image_key="wrist")
