@@ -1,7 +1,9 @@
 """Gemma SentencePiece tokenizer with PaliGemma prompt formatting.
 
-A prompt is encoded as [BOS] + text + "\n" (the separator that ends the PaliGemma prefix). Image tokens are
-not part of the ids: the model puts the image embeddings in front of the text itself.
+A prompt is encoded as [BOS] + ids(text + "\n"), the newline ending the PaliGemma prefix and encoded
+together with the text, as the release's HF `PaliGemmaProcessor` does (so a last piece that merges with the
+newline is kept). Image tokens are not part of the ids: the model puts the image embeddings in front of the
+text itself. Prompts longer than the text budget are cut at the end and counted, never an error.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ class Tokenizer:
         if not pathlib.Path(path).is_file():
             raise FileNotFoundError(f"tokenizer model not found: {path}")
         self._sp = spm.SentencePieceProcessor(model_file=str(path))
+        self.num_truncated = 0  # prompts cut to max_len by batch_encode
 
     @property
     def vocab_size(self) -> int:
@@ -33,11 +36,14 @@ class Tokenizer:
         return self._sp.bos_id()
 
     def encode_prompt(self, text: str) -> list[int]:
-        """[BOS] + text + "\\n" separator."""
-        return [self._sp.bos_id(), *self._sp.encode(text), *self._sp.encode("\n")]
+        """[BOS] + ids of text + "\\n" (one string, as the HF PaliGemma processor encodes it)."""
+        return [self._sp.bos_id(), *self._sp.encode(text + "\n")]
 
-    def batch_encode(self, texts: list[str], max_len: int, truncate: bool = False) -> tuple[np.ndarray, np.ndarray]:
-        """Right-padded (tokens int32 (B, L), mask bool (B, L)); too-long prompts raise unless `truncate`."""
+    def batch_encode(self, texts: list[str], max_len: int, truncate: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """Right-padded (tokens int32 (B, L), mask bool (B, L)).
+
+        A prompt longer than `max_len` is cut to its first `max_len` ids and counted in `num_truncated`
+        (with `truncate=False` it raises instead)."""
         tokens = np.full((len(texts), max_len), PAD_ID, np.int32)
         mask = np.zeros((len(texts), max_len), bool)
         for i, text in enumerate(texts):
@@ -45,6 +51,7 @@ class Tokenizer:
             if len(ids) > max_len:
                 if not truncate:
                     raise ValueError(f"prompt {i} has {len(ids)} tokens, more than max_len={max_len}: {text[:60]!r}")
+                self.num_truncated += 1
                 ids = ids[:max_len]
             tokens[i, : len(ids)] = ids
             mask[i, : len(ids)] = True
