@@ -208,3 +208,35 @@ def test_masked_mean_std_and_fit_normalizer():
     np.testing.assert_allclose(std, [np.sqrt(8 / 3), 0.0, 1.0])
     with pytest.raises(ValueError, match="no samples"):
         S.fit_normalizer([])
+
+
+def test_statistics_of_a_built_hand_vla_split(tmp_path):
+    """The CLI path: statistics of the demo build's train split equal the masked moments of the one-step
+    targets recomputed from the procedural episodes (demo_002 … demo_007 are train), and are cached."""
+    import tensorflow_datasets as tfds
+
+    from tfds_builders.hand_vla import demo
+    from tfds_builders.hand_vla import hand_vla_dataset_builder as hv
+    from vitra_jax.handspace import layout, trajectory
+
+    builder = hv.Builder(config="demo", data_dir=str(tmp_path))
+    builder.download_and_prepare(download_config=tfds.download.DownloadConfig())
+    version_dir = tmp_path / "hand_vla" / "demo" / str(hv.Builder.VERSION)
+    st = S.dataset_statistics(version_dir, "train", progress=False)
+    acts, masks = [], []
+    for i in range(2, 8):
+        ep, _ = demo.demo_episode(i, 0)
+        tg = trajectory.step_targets(ep.hands, ep.extrinsics)
+        m = layout.expand_hand_mask(tg.action_mask)
+        acts += [tg.action, _mirror(tg.action)]
+        masks += [m, np.concatenate([m[:, 51:], m[:, :51]], 1)]
+    x, m = np.concatenate(acts), np.concatenate(masks)
+    ref_mean = np.array([x[m[:, d], d].mean() for d in range(102)])
+    ref_std = np.array([x[m[:, d], d].std() for d in range(102)])
+    np.testing.assert_allclose(st.action_mean, ref_mean, atol=2e-6)
+    np.testing.assert_allclose(st.action_std, ref_std, atol=2e-6)
+    assert st.num_episodes == 6 and st.num_frames == 6 * 24
+    cached = list(version_dir.glob("dataset_statistics_*.json"))
+    assert len(cached) == 1
+    again = S.dataset_statistics(version_dir, "train", progress=False)
+    np.testing.assert_array_equal(again.state_std, st.state_std)
