@@ -172,12 +172,11 @@ class DatasetStatistics:
         """The release's `dataset_statistics.json` layout (61-d states: shape slots get mean 0, std 1)."""
         out: dict = {"num_traj": self.num_frames}
         for kind in ("state", "action"):
+            shape = 10 if kind == "state" else 0
             for hand in layout.HANDS:
                 sl = layout.hand_slice(hand)
-                pad = [0.0] * 10 if kind == "state" else []
-                pad_std = [1.0] * 10 if kind == "state" else []
-                out[f"{kind}_{hand}"] = {"mean": getattr(self, f"{kind}_mean")[sl].tolist() + pad,
-                                         "std": getattr(self, f"{kind}_std")[sl].tolist() + pad_std}
+                out[f"{kind}_{hand}"] = {"mean": getattr(self, f"{kind}_mean")[sl].tolist() + [0.0] * shape,
+                                         "std": getattr(self, f"{kind}_std")[sl].tolist() + [1.0] * shape}
         return out
 
 
@@ -191,23 +190,18 @@ def _atomic_write_json(path: pathlib.Path, obj) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def _per_dim_mask(mask: np.ndarray, rows: int, name: str) -> np.ndarray:
-    mask = np.asarray(mask)
-    if mask.shape == (rows, 2):  # per-hand masks as stored in hand_vla
-        mask = layout.expand_hand_mask(mask)
-    if mask.shape != (rows, _DIM):
-        raise ValueError(f"episode {name} must have shape ({rows}, {_DIM}) or ({rows}, 2), got {mask.shape}")
-    return mask.astype(bool)
-
-
 def _episode_arrays(ep: Mapping, kind: str) -> tuple[np.ndarray, np.ndarray]:
     mask_key = f"{kind}_mask"
     if kind not in ep or mask_key not in ep:
         raise ValueError(f"episode lacks '{kind}' or '{mask_key}' (has {sorted(ep)})")
-    x = np.asarray(ep[kind], np.float64)
+    x, valid = np.asarray(ep[kind], np.float64), np.asarray(ep[mask_key])
     if x.ndim != 2 or x.shape[1] != _DIM:
         raise ValueError(f"episode {kind} must have shape (T, {_DIM}), got {x.shape}")
-    valid = _per_dim_mask(ep[mask_key], len(x), mask_key)
+    if valid.shape == (len(x), 2):  # per-hand masks, as hand_vla stores them
+        valid = layout.expand_hand_mask(valid)
+    if valid.shape != x.shape:
+        raise ValueError(f"episode {mask_key} must have shape {x.shape} or ({len(x)}, 2), got {valid.shape}")
+    valid = valid.astype(bool)
     if not np.isfinite(x[valid]).all():
         raise ValueError(f"episode {kind} has NaN/inf in valid entries")
     return np.where(valid, x, 0.0), valid
