@@ -1,5 +1,7 @@
 """Frame decoding: seeking gives the same frames as decoding from the start; bad videos name the problem."""
 
+import pathlib
+
 import numpy as np
 import pytest
 
@@ -150,3 +152,63 @@ def test_a_seek_that_misses_falls_back_to_decoding_from_the_start(tmp_path, monk
     got = video.read_frames(path, np.array([60, 90]), 48)
     assert [_index_of(f) for f in got] == [60, 90]
     assert len(opened) == 2  # the verified seek missed, the second pass decoded from frame 0
+
+
+def _vint(buf: bytes, pos: int, keep_marker: bool) -> tuple[int, int]:
+    """An EBML variable-length integer at pos: (value, next position)."""
+    first, length, mask = buf[pos], 1, 0x80
+    while not first & mask:
+        mask >>= 1
+        length += 1
+    value = first if keep_marker else first & (mask - 1)
+    for b in buf[pos + 1:pos + length]:
+        value = (value << 8) | b
+    return value, pos + length
+
+
+def _delay_frames(data: bytearray, from_frame: int, delay_ms: int) -> int:
+    """Shift the timestamps of WebM frames from_frame… by delay_ms (a variable-frame-rate gap, as a camera
+    that dropped frames writes), editing the Matroska blocks' 16-bit relative timecodes in place."""
+    containers = {0x18538067, 0x1F43B675, 0xA0}  # Segment, Cluster, BlockGroup
+    blocks = {0xA3, 0xA1}  # SimpleBlock, Block
+    count = 0
+
+    def walk(pos: int, end: int) -> None:
+        nonlocal count
+        while pos < end:
+            element, p = _vint(data, pos, True)
+            size, p = _vint(data, p, False)
+            if element in containers:
+                walk(p, p + size)
+            elif element in blocks:
+                _, q = _vint(data, p, False)  # track number, then the timecode
+                if count >= from_frame:
+                    tc = int.from_bytes(data[q:q + 2], "big", signed=True) + delay_ms
+                    data[q:q + 2] = tc.to_bytes(2, "big", signed=True)
+                count += 1
+            pos = p + size
+
+    walk(0, len(data))
+    return count
+
+
+def test_variable_frame_rate_webm_is_read_by_decode_order(tmp_path):
+    """A real webm whose frames 60… are 200 ms late (6 frame periods): frame i is the i-th decoded frame,
+    which decoding from the start returns; OpenCV's seek numbers frames by timestamp and lands 6 frames
+    early with a consistent position and timestamp, which is why webm/mkv are never seeked."""
+    import cv2
+
+    path = _write_indexed(tmp_path / "clip.webm", "VP80")
+    data = bytearray(pathlib.Path(path).read_bytes())
+    assert _delay_frames(data, 60, 200) == 120
+    vfr = tmp_path / "vfr.webm"
+    vfr.write_bytes(bytes(data))
+    cap = cv2.VideoCapture(str(vfr))
+    cap.set(cv2.CAP_PROP_POS_FRAMES, 61)
+    cap.grab()
+    assert cap.get(cv2.CAP_PROP_POS_MSEC) == pytest.approx(2233, abs=1)  # the gap is in the file
+    cap.release()
+    pick = np.array([100, 70, 119])
+    assert [_index_of(f) for f in video.read_frames(str(vfr), pick, 48)] == pick.tolist()
+    # If this starts failing, OpenCV seeks by decode order and webm could be seeked too.
+    assert _index_of(video.read_frames(str(vfr), np.array([100]), 48, seek=True)[0]) != 100
