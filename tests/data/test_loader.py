@@ -2,6 +2,7 @@
 normalization and tokenization (recomputed here from the RLDS build, Pillow and SentencePiece), the batch
 contract of the policy, exact iterator restore with worker processes, and clear errors."""
 
+import io
 import shutil
 
 import numpy as np
@@ -9,8 +10,8 @@ import pytest
 import sentencepiece as spm
 from PIL import Image
 
-from vitra_jax.data import chunks, loader, mixture, statistics
-from vitra_jax.data.config import data_config
+from vitra_jax.data import augment, chunks, loader, mixture, oxe, statistics
+from vitra_jax.data.config import component, data_config
 from vitra_jax.models import policy as policy_lib
 
 SIZE, TEXT_LEN, VOCAB = 48, 40, 512
@@ -41,10 +42,9 @@ def rlds(data_dir, pipeline):
     return out
 
 
-def expected_example(steps, meta, t, pipeline, sp):
-    """The model inputs of frame t, computed from the official definitions written out here."""
-    main = meta["main_hand"].decode() if isinstance(meta["main_hand"], bytes) else str(meta["main_hand"])
-    s = chunks.frame_sample(steps, t, main_hand=main)
+def model_inputs(s, pipeline, sp):
+    """A raw sample's model inputs from the definitions written out here: Pillow bicubic squash to [-1, 1],
+    (x - mean) / (std + 1e-7) then mask, [BOS] + ids(text + newline) right-padded."""
     img = np.asarray(Image.fromarray(s["image"]).resize((SIZE, SIZE), Image.BICUBIC), np.float32) / 127.5 - 1
     st = pipeline.statistics
     ids = [sp.bos_id(), *sp.encode(s["instruction"] + "\n")][:TEXT_LEN]
@@ -57,6 +57,11 @@ def expected_example(steps, meta, t, pipeline, sp):
         "actions": (s["actions"] - st.action_mean) / (st.action_std + 1e-7) * s["action_mask"],
         "action_mask": s["action_mask"],
     }
+
+
+def expected_example(steps, meta, t, pipeline, sp):
+    """The model inputs of frame t without augmentation (caption, not a rephrasing)."""
+    return model_inputs(chunks.frame_sample(steps, t, main_hand=meta["main_hand"].decode()), pipeline, sp)
 
 
 def locate(episodes, frame):
@@ -117,8 +122,31 @@ def test_raw_samples_walk_the_val_split_in_order(pipeline, rlds):
         assert s["instruction"] == want["instruction"]
 
 
+def test_augmented_samples_draw_everything_from_the_per_sample_generator(data_dir, pipeline, rlds):
+    """With augmentation, element k is augment_sample(frame_sample(rng), rng) with rng seeded by
+    (stream seed, epoch, k) alone: the text choice first, then the view, colour and state dropout."""
+    sp = spm.SentencePieceProcessor(model_file=pipeline.tokenizer_path)
+    pipe = loader.make_pipeline(data_config(data_dir=str(data_dir), augment=True), image_size=SIZE,
+                                max_text_len=TEXT_LEN)
+    seed = 2
+    batch = next(pipe.train_iterator(5, seed=seed))
+    stream = mixture.derive_seed(pipe.cfg.shuffle_seed, seed)
+    index = mixture.MixtureIndex(pipe.components(), seed=stream)
+    cfg = augment.AugmentConfig(height=SIZE, state_dropout=0.1)
+    plain = next(pipeline.train_iterator(5, seed=seed))
+    for k in range(5):
+        r = index[k]
+        e, t = locate(rlds["train"], r["frame"])
+        steps, meta = rlds["train"][e]
+        rng = np.random.default_rng([stream, r["epoch"], k])
+        s = chunks.frame_sample(steps, t, main_hand=meta["main_hand"].decode(), rng=rng)
+        s = augment.augment_sample(s, rng, cfg)
+        assert_example({key: v[k] for key, v in batch.items()}, model_inputs(s, pipe, sp), f"augmented {k}")
+    assert not np.allclose(batch["images"], plain["images"])  # augmentation did something
+
+
 def test_iterator_restores_exactly_with_worker_processes(data_dir, pipeline):
-    cfg = data_config(data_dir=str(data_dir), num_workers=2, tokenizer_vocab=VOCAB)
+    cfg = data_config(data_dir=str(data_dir), num_workers=2, augment=True)
     pipe = loader.make_pipeline(cfg, image_size=16, max_text_len=TEXT_LEN)
     it = pipe.train_iterator(2, seed=1)
     for _ in range(7):
@@ -132,7 +160,7 @@ def test_iterator_restores_exactly_with_worker_processes(data_dir, pipeline):
         for k in x:
             np.testing.assert_array_equal(x[k], y[k], err_msg=f"batch {i} key {k}")
     # the same batches as an in-process iterator: workers change nothing
-    solo = loader.make_pipeline(data_config(data_dir=str(data_dir), tokenizer_vocab=VOCAB), image_size=16,
+    solo = loader.make_pipeline(data_config(data_dir=str(data_dir), augment=True), image_size=16,
                                 max_text_len=TEXT_LEN).train_iterator(2, seed=1)
     for _ in range(7):
         next(solo)
@@ -140,6 +168,35 @@ def test_iterator_restores_exactly_with_worker_processes(data_dir, pipeline):
     for k in want[0]:
         np.testing.assert_array_equal(first[k], want[0][k])
     del it, resumed, want, got
+
+
+def test_oxe_component_samples_equal_the_registry_mapping(data_dir, pipeline, fixtures_dir):
+    """Bridge (the OXE fixture, TFRecord) mixed with the demo: converted once, its elements equal
+    `oxe.frame_sample` on the episodes read with TFDS, after the same resize/normalize/tokenize."""
+    import tensorflow_datasets as tfds
+
+    src = fixtures_dir / "oxe" / "bridge_dataset"
+    comps = [component("demo", str(data_dir / "frames" / "demo"), 1.0),
+             component("bridge_dataset", str(src), 2.0, kind="oxe")]
+    pipe = loader.make_pipeline(data_config(data_dir=str(data_dir), components=comps,
+                                            tokenizer=pipeline.tokenizer_path), image_size=SIZE, max_text_len=TEXT_LEN)
+    assert [s.name for s in pipe.val_sources] == ["demo", "bridge_dataset"]
+    builder = tfds.builder_from_directory(str(src / "1.0.0"))
+    # JPEGs decoded by Pillow here (TF's decoder rounds differently; the store decodes with OpenCV)
+    raw = builder.as_dataset(split="train", decoders={"steps": {"observation": {"image_0": tfds.decode.SkipDecoding()}}})
+    episodes = [(chunks.stack_steps(ep["steps"]), ep["episode_metadata"]) for ep in tfds.as_numpy(raw)]
+    sp = spm.SentencePieceProcessor(model_file=pipe.tokenizer_path)
+    entry = oxe.get("bridge_dataset")
+    index = mixture.MixtureIndex(pipe.components(), seed=mixture.derive_seed(0, 0))
+    batch = next(pipe.train_iterator(12, seed=0))
+    oxe_elements = [k for k in range(12) if index[k]["component"] == 1]
+    assert oxe_elements  # bridge carries 2 x 250 of 644 samples per epoch
+    for k in oxe_elements:
+        e, t = locate(episodes, index[k]["frame"])
+        steps, meta = episodes[e]
+        image = np.asarray(Image.open(io.BytesIO(steps["observation"]["image_0"][t])).convert("RGB"))
+        s = oxe.frame_sample(entry, steps, t, image=image, metadata=meta)
+        assert_example({key: v[k] for key, v in batch.items()}, model_inputs(s, pipe, sp), f"bridge {k}")
 
 
 def test_process_shards_split_each_batch_stream(pipeline):

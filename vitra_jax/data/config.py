@@ -2,6 +2,7 @@
 
     data_config()                                  # the procedural demo dataset, built on first use
     data_config(components=vitra1m_components("/data/frames"), build_demo=False, tokenizer="...")
+    data_config(components=vitra1m_components(F) + oxe_components("/data/oxe", scale=0.1), ...)
 
 A component is one frame store (or, for `kind='oxe'`, a converted OXE dataset) and one split; its weight
 counts passes over its frames per epoch (`mixture.py`). Every field is documented where it is set.
@@ -9,6 +10,7 @@ counts passes over its frames per epoch (`mixture.py`). Every field is documente
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import ml_collections
@@ -18,18 +20,28 @@ from vitra_jax.data import mixture
 KINDS = ("hand_vla", "oxe")
 
 
-def component(name: str, path: str, weight: float = 1.0, kind: str = "hand_vla", split: str = "train",
-              main_hand: str = "right") -> dict[str, Any]:
-    """One mixture member as the config stores it (a plain dict, so it can be overridden from the command line)."""
+def component(name: str, path: str, weight: float = 1.0, kind: str = "hand_vla",
+              split: str = "train") -> dict[str, Any]:
+    """One mixture member as the config stores it: a frame store root (folders <split>/store.json) or a TFDS
+    dataset folder (converted once to data_dir/frames/<name>); `name` is the OXE registry name for 'oxe'."""
     if kind not in KINDS:
         raise ValueError(f"unknown component kind {kind!r}; use one of {KINDS}")
-    return {"name": name, "kind": kind, "path": path, "weight": float(weight), "split": split,
-            "main_hand": main_hand}
+    return {"name": name, "kind": kind, "path": path, "weight": float(weight), "split": split}
 
 
 def vitra1m_components(frames_root: str) -> list[dict[str, Any]]:
     """The release's VITRA-1M mixture (`magic_mix`): one frame store per sub-dataset at frames_root/<name>."""
     return [component(name, f"{frames_root}/{name}", weight) for name, weight in mixture.MAGIC_MIX.items()]
+
+
+def oxe_components(oxe_root: str, weights: Mapping[str, float] | None = None,
+                   scale: float = 1.0) -> list[dict[str, Any]]:
+    """OXE members at oxe_root/<name> (a TFDS dataset folder or its parent holding version folders);
+    default weights: octo's magic soup (`oxe.MAGIC_SOUP`), times `scale` (the share next to hand data)."""
+    from vitra_jax.data import oxe
+
+    weights = oxe.MAGIC_SOUP if weights is None else weights
+    return [component(name, f"{oxe_root}/{name}", w * scale, kind="oxe") for name, w in weights.items()]
 
 
 def data_config(**overrides: Any) -> ml_collections.ConfigDict:

@@ -18,18 +18,18 @@ each step skipped when its output exists.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import pathlib
 import threading
 from collections.abc import Iterator
-from typing import Any
 
 import grain
 import ml_collections
 import numpy as np
 from absl import flags, logging
 
-from vitra_jax.data import mixture, statistics, transforms
+from vitra_jax.data import augment, mixture, oxe, statistics, transforms
 from vitra_jax.data.config import KINDS
 from vitra_jax.data.frames import FrameStore, open_store
 
@@ -74,7 +74,7 @@ class Pipeline:
         ds = ds.map(transforms.LoadSample(sources, seed=seed, chunk_len=cfg.chunk_len, rephrase=rephrase,
                                           cache_size=cfg.episode_cache))
         if augment:
-            ds = ds.map(transforms.Augment(_augment_config(cfg), cfg.state_dropout))
+            ds = ds.map(transforms.Augment(augment_config(cfg, self.image_size)))
         return ds.map(transforms.ToModelInputs(image_size=self.image_size, max_text_len=self.max_text_len,
                                                tokenizer_path=self.tokenizer_path, normalizer=self.normalizer))
 
@@ -145,10 +145,14 @@ def _mark_flags_parsed() -> None:
         flags.FLAGS.mark_as_parsed()
 
 
-def _augment_config(cfg: ml_collections.ConfigDict) -> Any:
-    from vitra_jax.data import augment
-
-    return augment.AugmentConfig(**dict(cfg.augment_config))
+def augment_config(cfg: ml_collections.ConfigDict, image_size: int) -> augment.AugmentConfig:
+    """The release's augmentation at the model's image height, with `state_dropout` and the overrides
+    in `augment_config` (AugmentConfig field names)."""
+    fields = {"height": image_size, "state_dropout": cfg.state_dropout, **cfg.augment_config.to_dict()}
+    unknown = sorted(set(fields) - {f.name for f in dataclasses.fields(augment.AugmentConfig)})
+    if unknown:
+        raise KeyError(f"data.augment_config has unknown fields {unknown}")
+    return augment.AugmentConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()})
 
 
 # -- opening components --------------------------------------------------------------------------------
@@ -157,8 +161,16 @@ def _is_store_root(path: pathlib.Path) -> bool:
     return any((p / "store.json").is_file() for p in path.iterdir()) if path.is_dir() else False
 
 
-def _is_tfds_dir(path: pathlib.Path) -> bool:
-    return (path / "dataset_info.json").is_file()
+def _tfds_dir(path: pathlib.Path) -> pathlib.Path | None:
+    """`path` if it is a TFDS dataset version folder, else its newest version subfolder, else None."""
+    if (path / "dataset_info.json").is_file():
+        return path
+    versions = sorted((p for p in path.glob("*/dataset_info.json")), key=lambda p: _version_key(p.parent.name))
+    return versions[-1].parent if versions else None
+
+
+def _version_key(name: str) -> tuple:
+    return tuple(int(x) if x.isdigit() else -1 for x in name.split("."))
 
 
 def _frames_root(comp: dict, data_dir: pathlib.Path) -> pathlib.Path:
@@ -166,29 +178,22 @@ def _frames_root(comp: dict, data_dir: pathlib.Path) -> pathlib.Path:
     path = pathlib.Path(comp["path"])
     if _is_store_root(path):
         return path
-    if _is_tfds_dir(path):
+    src = _tfds_dir(path)
+    if src is not None:
         out = data_dir / "frames" / comp["name"]
-        if not _is_store_root(out):
+        if not (out / comp["split"] / "store.json").is_file():  # a rerun resumes an interrupted conversion
             from vitra_jax.data import convert
 
-            image_key = None
-            if comp["kind"] == "oxe":
-                from vitra_jax.data import oxe
-
-                image_key = getattr(oxe.get(comp["name"]), "image_key", None)
-            logging.info("converting %s to a frame store at %s", path, out)
-            convert.convert(path, out, image_key=image_key)
+            image_key = oxe.get(comp["name"]).image_key if comp["kind"] == "oxe" else None
+            logging.info("converting %s to a frame store at %s", src, out)
+            convert.convert(src, out, image_key=image_key)
         return out
     raise FileNotFoundError(f"component {comp['name']!r}: {path} is neither a frame store root (folders with "
                             "store.json) nor a TFDS dataset folder (dataset_info.json)")
 
 
 def _open(comp: dict, root: pathlib.Path, split: str) -> transforms.Source:
-    entry = None
-    if comp["kind"] == "oxe":
-        from vitra_jax.data import oxe
-
-        entry = oxe.get(comp["name"])
+    entry = oxe.get(comp["name"]) if comp["kind"] == "oxe" else None
     return transforms.Source(comp["name"], comp["kind"], open_store(root, split), entry)
 
 
@@ -254,8 +259,6 @@ def _episode_arrays(src: transforms.Source):
     for e in range(src.store.num_episodes):
         ep = src.store.episode(e)
         if src.kind == "oxe":
-            from vitra_jax.data import oxe
-
             yield oxe.episode_arrays(src.entry, ep)
         else:
             yield {"action": ep["action"], "action_mask": ep["action_mask"],
@@ -274,8 +277,9 @@ def _statistics(cfg: ml_collections.ConfigDict, sources: list[transforms.Source]
         def compute(src=src, cache_dir=cache_dir, fp=fp):
             if not cfg.compute_statistics:
                 raise statistics.MissingStatisticsError(pathlib.Path(cache_dir) / statistics.cache_name(fp))
-            return statistics.compute_statistics(_episode_arrays(src), progress=False,
-                                                 total=src.store.num_episodes)
+            # robot data is never mirrored (see transforms.Augment), so its statistics count no flips
+            return statistics.compute_statistics(_episode_arrays(src), flip=src.kind == "hand_vla",
+                                                 progress=False, total=src.store.num_episodes)
         per[src.name] = statistics.cached_statistics(cache_dir, fp, compute)
     return statistics.combine(per, weights)
 

@@ -3,7 +3,7 @@
     {"component", "frame", "epoch", "index"}                  (mixture.MixtureIndex)
       -> LoadSample   raw frame sample: image (H, W, 3) uint8, instruction, fov (2,), state (102,),
                       state_mask (102,), actions (N, 102), action_mask (N, 102) + a per-sample rng
-      -> Augment      trajectory-aware crop/warp, flip, colour (augment.py), then state dropout
+      -> Augment      trajectory-aware crop/warp, flip, colour, state dropout (augment.py)
       -> ToModelInputs images (S, S, 3) float32 in [-1, 1], tokens (L,) int32, input_mask (L,) bool, fov,
                       state/actions normalized then masked (observation.py, shared with the policy)
 
@@ -23,7 +23,7 @@ from typing import Any
 import grain
 import numpy as np
 
-from vitra_jax.data import observation
+from vitra_jax.data import augment, chunks, observation, oxe
 
 STAT_NAMES = ("truncated", "augment_fallback", "bytes_read")
 MODEL_KEYS = ("images", "tokens", "input_mask", "fov", "state", "state_mask", "actions", "action_mask")
@@ -70,8 +70,6 @@ class LoadSample(grain.transforms.Map):
         if key in self._cache:
             self._cache.move_to_end(key)
             return self._cache[key]
-        from vitra_jax.data import chunks
-
         src = self.sources[c]
         steps = src.store.episode(e)
         tracks = chunks.episode_tracks(steps) if src.kind == "hand_vla" else None
@@ -85,15 +83,12 @@ class LoadSample(grain.transforms.Map):
         src = self.sources[c]
         e, t = (int(v) for v in np.asarray(src.store.locate(np.asarray([frame]))).reshape(2))
         steps, tracks = self._episode(c, e)
-        image = src.store.image(e, t)
         if src.kind == "hand_vla":
-            from vitra_jax.data import chunks
-
+            image = src.store.image(e, t)
             main_hand = _text(steps["episode_metadata"]["main_hand"]) or "right"
             return chunks.frame_sample(steps, t, main_hand=main_hand, rng=rng, tracks=tracks, image=image,
                                        chunk_len=self.chunk_len)
-        from vitra_jax.data import oxe
-
+        image = src.store.image(e, t, key=src.entry.image_key)
         return oxe.frame_sample(src.entry, steps, t, image=image, metadata=steps.get("episode_metadata"),
                                 chunk_len=self.chunk_len)
 
@@ -102,7 +97,7 @@ class LoadSample(grain.transforms.Map):
         rng = sample_rng(self.seed, record["epoch"], record["index"])
         before = _store_bytes(self.sources[c].store)
         sample = dict(self.load(c, record["frame"], rng if self.rephrase else None))
-        sample["rng"] = rng
+        sample["rng"], sample["_kind"] = rng, self.sources[c].kind
         stats = np.zeros(len(STAT_NAMES), np.float64)
         stats[STAT_NAMES.index("bytes_read")] = _store_bytes(self.sources[c].store) - before
         sample["_stats"] = stats
@@ -110,22 +105,23 @@ class LoadSample(grain.transforms.Map):
 
 
 class Augment(grain.transforms.Map):
-    """augment.augment_sample with the sample's rng, then both hand states dropped with `state_dropout`."""
+    """`augment.augment_sample` (view, warp, flip, colour, state dropout) with the sample's own rng."""
 
-    def __init__(self, augment_config: Any, state_dropout: float = 0.0):
-        self.augment_config, self.state_dropout = augment_config, float(state_dropout)
+    def __init__(self, augment_config: augment.AugmentConfig):
+        self.augment_config = augment_config
 
     def map(self, sample: dict) -> dict:
-        from vitra_jax.data import augment
-
-        rng = sample["rng"]
-        out = dict(augment.augment_sample(sample, rng, self.augment_config))
-        out["rng"], out["_stats"] = rng, sample["_stats"].copy()
-        if out.pop("augment_fallback", False):
-            out["_stats"][STAT_NAMES.index("augment_fallback")] += 1
-        if self.state_dropout > 0 and rng.random() < self.state_dropout:  # release: state_mask_prob
-            out["state"] = np.zeros_like(out["state"])
-            out["state_mask"] = np.zeros_like(out["state_mask"])
+        rng, cfg = sample["rng"], self.augment_config
+        if sample["_kind"] != "hand_vla":
+            # OXE actions live in the robot's base frame, not the camera's: a virtual camera rotation or a
+            # mirror would corrupt them, so robot samples get colour jitter and state dropout only.
+            out = dict(sample, image=augment.color_jitter(sample["image"], sample["instruction"], rng, cfg))
+            if rng.random() < cfg.state_dropout:
+                out["state"], out["state_mask"] = np.zeros_like(out["state"]), np.zeros_like(out["state_mask"])
+            return out
+        out = dict(augment.augment_sample(sample, rng, cfg))
+        out["rng"], out["_kind"], out["_stats"] = rng, sample["_kind"], sample["_stats"].copy()
+        out["_stats"][STAT_NAMES.index("augment_fallback")] += int(out.pop("augment_fallback", 0))
         return out
 
 
