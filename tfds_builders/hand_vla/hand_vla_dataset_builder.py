@@ -101,6 +101,8 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         cfg = self.builder_config
         if cfg.source not in SOURCES:
             raise ValueError(f"unknown source {cfg.source!r} in config {cfg.name!r}; use one of {SOURCES}")
+        if not 0 <= cfg.max_skip_fraction <= 1:
+            raise ValueError(f"max_skip_fraction must be in [0, 1], got {cfg.max_skip_fraction} in config {cfg.name!r}")
         if cfg.source == "demo":
             items = [str(i) for i in range(cfg.num_demo_episodes)]
             groups = [splits.group_key("demo", demo.video_name(i)) for i in range(cfg.num_demo_episodes)]

@@ -30,7 +30,6 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-
 from absl import logging
 
 from tfds_builders.hand_vla import demo, examples, splits, video
