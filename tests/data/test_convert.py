@@ -19,13 +19,17 @@ def bridge_src(fixtures_dir):
     return fixtures_dir / "oxe" / "bridge_dataset" / "1.0.0"
 
 
+@pytest.fixture(scope="module")
+def whole(bridge_src, tmp_path_factory):
+    """An uninterrupted single-process conversion, 3 shards per split."""
+    return convert.convert(bridge_src, tmp_path_factory.mktemp("whole"), episodes_per_shard=10, progress=False)
+
+
 def _files(root):
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
-def test_killed_conversion_resumes_to_identical_files(bridge_src, tmp_path, monkeypatch):
-    whole = convert.convert(bridge_src, tmp_path / "whole", episodes_per_shard=10, progress=False)
-
+def test_killed_conversion_resumes_to_identical_files(bridge_src, whole, tmp_path, monkeypatch):
     real = frames.write_shard
     calls = []
 
@@ -61,6 +65,25 @@ def test_killed_conversion_resumes_to_identical_files(bridge_src, tmp_path, monk
     assert store.num_frames == 250 and len(store.info["fingerprint"]) == 64
 
 
+@pytest.fixture(scope="module")
+def demo_tfds(tmp_path_factory):
+    """The procedural hand_vla `demo` build, ArrayRecord (6 train + 2 val episodes of 24 steps)."""
+    from tfds_builders.hand_vla.hand_vla_dataset_builder import Builder
+
+    data_dir = tmp_path_factory.mktemp("tfds")
+    builder = Builder(config="demo", data_dir=str(data_dir), file_format="array_record")
+    builder.download_and_prepare()
+    return data_dir, builder.data_dir
+
+
+def test_worker_processes_write_the_same_files(demo_tfds, tmp_path):
+    _, src = demo_tfds
+    serial = convert.convert(src, tmp_path / "serial", episodes_per_shard=2, progress=False)
+    parallel = convert.convert(src, tmp_path / "parallel", episodes_per_shard=2, progress=False, workers=2)
+    assert len(list((parallel / "train" / "shards").iterdir())) == 3
+    assert _files(parallel) == _files(serial)
+
+
 def test_finished_store_is_reused_and_other_settings_refused(bridge_src, tmp_path, monkeypatch):
     out = convert.convert(bridge_src, tmp_path, splits="val", progress=False)
     monkeypatch.setattr(frames, "write_shard", lambda *a: pytest.fail("a finished split was rewritten"))
@@ -92,14 +115,11 @@ def test_cli_one_split_one_camera(bridge_src, tmp_path):
         store.image_bytes(0, 0, "image_0")
 
 
-def test_demo_hand_vla_array_record(tmp_path):
-    from tfds_builders.hand_vla.hand_vla_dataset_builder import Builder
-
-    builder = Builder(config="demo", data_dir=str(tmp_path / "tfds"), file_format="array_record")
-    builder.download_and_prepare()
-    out = convert.convert(builder.data_dir, tmp_path / "frames", episodes_per_shard=4, progress=False)
+def test_demo_hand_vla_array_record(demo_tfds, tmp_path):
+    data_dir, src = demo_tfds
+    out = convert.convert(src, tmp_path / "frames", episodes_per_shard=4, progress=False)
     raw = {"steps": {"observation": {"image": tfds.decode.SkipDecoding()}}}
-    sources = tfds.data_source("hand_vla/demo", data_dir=str(tmp_path / "tfds"), decoders=raw)
+    sources = tfds.data_source("hand_vla/demo", data_dir=str(data_dir), decoders=raw)
     for split, n in (("train", 6), ("val", 2)):
         store = frames.open_store(out, split)
         assert store.num_episodes == len(sources[split]) == n and store.image_keys == ("observation/image",)

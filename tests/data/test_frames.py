@@ -116,7 +116,8 @@ def test_pickled_store_reads_the_same(store_root):
 def test_record_roundtrip_without_pickle():
     tree = {"a": np.arange(6, dtype=np.int64).reshape(2, 3), "b": {"c": np.array(b"text"), "d": np.float32(2.5)},
             "e": np.array([True, False]), "s": np.array([b"x", b"longer"]),
-            "ragged": [np.array([b"one"]), np.zeros(0, "S1"), np.array([b"two", b"three"])]}
+            "ragged": [np.array([b"one"]), np.zeros(0, "S1"), np.array([b"two", b"three"])],
+            "binary": np.array([b"ab\0", b"\0\0"], dtype=object).reshape(2, 1)}
     out = frames.unpack_episode(frames.pack_episode(tree))
     np.testing.assert_array_equal(out["a"], tree["a"])
     assert out["a"].dtype == np.int64
@@ -125,6 +126,7 @@ def test_record_roundtrip_without_pickle():
     assert out["e"].dtype == bool and out["e"].tolist() == [True, False]
     assert out["s"].tolist() == [b"x", b"longer"]
     assert out["ragged"].dtype == object and [r.tolist() for r in out["ragged"]] == [[b"one"], [], [b"two", b"three"]]
+    assert out["binary"].shape == (2, 1) and out["binary"].ravel().tolist() == [b"ab\0", b"\0\0"]  # NULs kept
     with pytest.raises(TypeError, match="object array"):
         frames.pack_episode({"x": np.array([object()], dtype=object)})
 

@@ -1,7 +1,7 @@
 """Convert a TFDS/RLDS dataset directory into frame stores (`vitra_jax.data.frames`), one per split.
 
     python -m vitra_jax.data.convert --src .../bridge_dataset/1.0.0 --out DIR [--split train,val] \
-        [--image_key image_0] [--episodes_per_shard 1000]
+        [--image_key image_0] [--episodes_per_shard 1000] [--workers 8]
 
 The source is read by directory (`tfds.builder_from_directory`; TFDS's registered OXE builders resolve to
 cloud storage, so names are never looked up), TFRecord or ArrayRecord, shard by shard in file order; each
@@ -15,6 +15,7 @@ are copied to the output root.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -72,12 +73,17 @@ def _conform(value, feature):
     if _items(feature) is not None:
         return {k: _conform(v, feature[k]) for k, v in value.items()}
     dtype = np.dtype(getattr(feature, "np_dtype", object))
-    if dtype.kind == "O":  # text or sequences of text
-        if isinstance(value, str):
-            value = value.encode()
-        arr = np.asarray(value, dtype=object)
-        return arr.astype(bytes) if arr.size else np.zeros(arr.shape, "S1")
-    return np.asarray(value, dtype=dtype)
+    if dtype.kind != "O":
+        return np.asarray(value, dtype=dtype)
+    arr = np.asarray(value, dtype=object)  # text, binary strings, or sequences of them
+    if arr.size == 0:
+        return np.zeros(arr.shape, "S1")
+    items = [x.encode() if isinstance(x, str) else bytes(x) for x in arr.ravel()]
+    if any(x.endswith(b"\0") for x in items):  # an 'S' array would drop the trailing NULs
+        out = np.empty(len(items), dtype=object)
+        out[:] = items
+        return out.reshape(arr.shape)
+    return np.array(items, dtype=bytes).reshape(arr.shape)
 
 
 def _stack(values: list):
@@ -176,13 +182,52 @@ def _copy_metadata(src: Path, out: Path) -> None:
             os.replace(tmp, out / name)
 
 
+@dataclasses.dataclass(frozen=True)
+class _Job:
+    """One output shard: episodes [start, stop) of one source file."""
+
+    src: str
+    split_dir: str
+    index: int
+    count: int
+    path: str
+    start: int
+    stop: int
+    image_keys: tuple[str, ...]
+
+
+_BUILDERS: dict = {}  # per process: source dir -> builder
+
+
+def _run_job(job: _Job, on_episode=None) -> int:
+    """Write one output shard; returns its episode count."""
+    import tensorflow_datasets as tfds
+
+    builder = _BUILDERS.get(job.src)
+    if builder is None:
+        builder = _BUILDERS[job.src] = tfds.builder_from_directory(job.src)
+    features = builder.info.features
+    all_keys = image_keys_of(features["steps"].feature)
+    decoders = {"steps": _nested_skip(all_keys)}
+
+    def episodes():
+        for raw in _raw_records(job.path, builder.info.file_format.value, job.start, job.stop):
+            ep = features.deserialize_example_np(raw, decoders=decoders)
+            yield split_episode(ep, features, job.image_keys, all_keys)
+            if on_episode is not None:
+                on_episode()
+
+    frames.write_shard(Path(job.split_dir), job.index, job.count, job.image_keys, episodes())
+    return job.stop - job.start
+
+
 def convert_split(builder, split: str, out: Path, image_keys: list[str], per_shard: int,
-                  progress: bool = True) -> frames.FrameStore:
-    """Convert one split of `builder` into `out/split`, resuming finished shards."""
+                  progress: bool = True, workers: int = 1) -> frames.FrameStore:
+    """Convert one split of `builder` into `out/split`, resuming finished shards; `workers` > 1 writes
+    shards in that many processes (same files)."""
     from tqdm import tqdm
 
     features = builder.info.features
-    all_keys = image_keys_of(features["steps"].feature)
     split_dir = out / split
     shards = _plan(builder, split, per_shard)
     source = {"name": builder.info.name, "version": str(builder.info.version), "dir": str(builder.data_dir),
@@ -204,23 +249,21 @@ def convert_split(builder, split: str, out: Path, image_keys: list[str], per_sha
 
     count = len(shards)
     done = [frames.marker_path(split_dir, i, count).is_file() for i in range(count)]
+    jobs = [_Job(str(builder.data_dir), str(split_dir), i, count, path, a, b, tuple(image_keys))
+            for i, (path, a, b) in enumerate(shards) if not done[i]]
     total = sum(b - a for _, a, b in shards)
-    finished = sum(b - a for (_, a, b), d in zip(shards, done) if d)
-    decoders = {"steps": _nested_skip(all_keys)}
-    fmt = builder.info.file_format.value
-    with tqdm(total=total, initial=finished, unit="ep", desc=f"{builder.info.name}/{split}",
-              disable=not progress) as bar:
-        for i, (path, a, b) in enumerate(shards):
-            if done[i]:
-                continue
+    with tqdm(total=total, initial=total - sum(j.stop - j.start for j in jobs), unit="ep",
+              desc=f"{builder.info.name}/{split}", disable=not progress) as bar:
+        if workers > 1 and len(jobs) > 1:
+            import multiprocessing
 
-            def episodes(path=path, a=a, b=b):
-                for raw in _raw_records(path, fmt, a, b):
-                    ep = features.deserialize_example_np(raw, decoders=decoders)
-                    yield split_episode(ep, features, image_keys, all_keys)
-                    bar.update(1)
-
-            frames.write_shard(split_dir, i, count, image_keys, episodes())
+            # spawn: fresh interpreters, since TensorFlow state does not survive a fork
+            with multiprocessing.get_context("spawn").Pool(min(workers, len(jobs))) as pool:
+                for n in pool.imap_unordered(_run_job, jobs):
+                    bar.update(n)
+        else:
+            for job in jobs:
+                _run_job(job, on_episode=lambda: bar.update(1))
     info = {"source": source, "image_keys": image_keys, "episodes_per_shard": per_shard,
             "splits": {s: int(v.num_examples) for s, v in builder.info.splits.items()},
             "features": feature_spec(features), "features_file": "../features.json"}
@@ -243,9 +286,10 @@ def _nested_skip(keys: list[str]) -> dict:
 
 def convert(src: str | Path, out: str | Path, splits: Sequence[str] | str | None = None,
             image_key: str | Sequence[str] | None = None, episodes_per_shard: int = 1000,
-            progress: bool = True) -> Path:
+            progress: bool = True, workers: int = 1) -> Path:
     """Convert the TFDS dataset directory `src` (`<name>/<version>` or `<name>/<config>/<version>`) into
-    frame stores `out/<split>/`; returns `out`. `image_key`: keys to keep (default every image feature)."""
+    frame stores `out/<split>/`; returns `out`. `image_key`: keys to keep (default every image feature);
+    `workers`: processes writing shards in parallel. One conversion per output folder at a time."""
     import tensorflow_datasets as tfds
 
     src, out = Path(src), Path(out)
@@ -266,7 +310,7 @@ def convert(src: str | Path, out: str | Path, splits: Sequence[str] | str | None
     out.mkdir(parents=True, exist_ok=True)
     _copy_metadata(src, out)
     for split in splits:
-        convert_split(builder, split, out, keys, episodes_per_shard, progress)
+        convert_split(builder, split, out, keys, episodes_per_shard, progress, workers)
     return out
 
 
@@ -274,7 +318,7 @@ def main(argv) -> None:
     del argv
     splits = [s for s in _SPLIT.value.split(",") if s] if _SPLIT.value else None
     keys = [k for k in _IMAGE_KEY.value.split(",") if k] if _IMAGE_KEY.value else None
-    out = convert(_SRC.value, _OUT.value, splits, keys, _PER_SHARD.value)
+    out = convert(_SRC.value, _OUT.value, splits, keys, _PER_SHARD.value, workers=_WORKERS.value)
     for split in splits or sorted(p.parent.name for p in out.glob(f"*/{frames.STORE_FILE}")):
         s = frames.open_store(out, split)
         print(f"{split}: {s.num_episodes} episodes, {s.num_frames} frames, images {list(s.image_keys)}, "
@@ -289,4 +333,5 @@ if __name__ == "__main__":
     _SPLIT = flags.DEFINE_string("split", "", "Comma-separated splits (default: all).")
     _IMAGE_KEY = flags.DEFINE_string("image_key", "", "Comma-separated image keys to keep (default: all).")
     _PER_SHARD = flags.DEFINE_integer("episodes_per_shard", 1000, "Episodes per output shard (resume unit).")
+    _WORKERS = flags.DEFINE_integer("workers", 1, "Processes writing shards in parallel.")
     app.run(main)

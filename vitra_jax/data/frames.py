@@ -15,7 +15,8 @@ Every image key of the source is its own file set (cameras chosen at conversion 
 camera never reads the others. A reader opens files lazily in the process that reads, so a `FrameStore`
 pickles into grain worker processes.
 
-Episode records: nested dicts as in `vitra_jax.data.chunks.stack_steps` (text as numpy bytes arrays `S`);
+Episode records: nested dicts as in `vitra_jax.data.chunks.stack_steps` (text as numpy bytes arrays `S`;
+binary strings ending in NUL, which `S` arrays would cut, as object arrays of bytes);
 a step field whose shape changes between steps (e.g. a variable-length list of rephrasings) is stored as a
 list of per-step arrays and read back as an object array of them, as `stack_steps` makes it.
 `vitra_jax.data.convert` writes stores; this module defines the format and reads it.
@@ -42,6 +43,7 @@ EPISODE_OPTIONS = "group_size:1,max_parallelism:1"  # default zstd: float arrays
 READ_OPTIONS = "readahead_buffer_size:0"  # random access: no read-ahead into neighbouring records
 
 _EXT_ARRAY = 1
+_EXT_BYTES = 2  # object array of bytes: binary values whose trailing NULs a numpy 'S' array would drop
 
 
 class StoreError(ValueError):
@@ -55,13 +57,21 @@ def _default(obj):
         obj = np.asarray(obj)
     if isinstance(obj, np.ndarray):
         if obj.dtype.hasobject:
-            raise TypeError(f"cannot store an object array (dtype {obj.dtype}) in a frame store")
+            flat = obj.ravel().tolist()
+            if not all(isinstance(x, bytes) for x in flat):
+                raise TypeError("cannot store an object array of non-bytes values in a frame store")
+            return msgpack.ExtType(_EXT_BYTES, msgpack.packb([list(obj.shape), [bytes(x) for x in flat]]))
         header = msgpack.packb([obj.dtype.str, list(obj.shape)])
         return msgpack.ExtType(_EXT_ARRAY, header + np.ascontiguousarray(obj).tobytes())
     raise TypeError(f"cannot store a {type(obj).__name__} in a frame store")
 
 
 def _ext_hook(code: int, data: bytes):
+    if code == _EXT_BYTES:
+        shape, flat = msgpack.unpackb(data)
+        out = np.empty(len(flat), dtype=object)
+        out[:] = flat
+        return out.reshape(shape)
     if code != _EXT_ARRAY:
         raise StoreError(f"unknown msgpack extension type {code} in an episode record")
     unpacker = msgpack.Unpacker()
@@ -87,7 +97,8 @@ def _ragged_to_objects(node):
         return {k: _ragged_to_objects(v) for k, v in node.items()}
     if isinstance(node, list):
         out = np.empty(len(node), dtype=object)
-        out[:] = node
+        for i, v in enumerate(node):  # one by one: a slice assignment would broadcast equal-shape arrays
+            out[i] = v
         return out
     return node
 
