@@ -163,11 +163,14 @@ def test_cache_invalidates_on_fingerprint_and_transform_version(tmp_path, monkey
     monkeypatch.setattr(S, "TRANSFORM_VERSION", "changed-recipe")
     S.cached_statistics(data, "v1", compute)
     assert len(calls) == 3 and len(list(data.glob("dataset_statistics_*.json"))) == 3
+    (data / S.cache_name("v1")).write_text("{not json")  # a damaged cache file is recomputed, not trusted
+    S.cached_statistics(data, "v1", compute)
+    assert len(calls) == 4 and S.DatasetStatistics.load(data / S.cache_name("v1")).num_frames == 5
     # A data folder that cannot be written (here: its path runs through a file) falls back to the user cache.
     (tmp_path / "file").write_text("x")
     S.cached_statistics(tmp_path / "file" / "data", "v1", compute)
     S.cached_statistics(tmp_path / "file" / "data", "v1", compute)
-    assert len(calls) == 4 and len(list((tmp_path / "user" / "statistics").glob("*.json"))) == 1
+    assert len(calls) == 5 and len(list((tmp_path / "user" / "statistics").glob("*.json"))) == 1
 
 
 def test_load_official_layout(tmp_path):

@@ -285,10 +285,14 @@ def cached_statistics(cache_dir: str | os.PathLike, fingerprint: str,
     paths = [pathlib.Path(cache_dir) / name, user_cache_dir() / name]
     for path in paths:
         if path.is_file():
-            d = json.loads(path.read_text())
-            if {k: d.get(k) for k in key} == key:
-                logging.info("normalization statistics from %s", path)
-                return DatasetStatistics.from_dict(d)
+            try:
+                d = json.loads(path.read_text())
+                if {k: d.get(k) for k in key} == key:
+                    stats = DatasetStatistics.from_dict(d)
+                    logging.info("normalization statistics from %s", path)
+                    return stats
+            except (OSError, ValueError, AttributeError) as e:  # unreadable or not ours: compute afresh
+                logging.warning("ignoring the statistics cache %s: %s", path, e)
     stats = compute()
     for path in paths:
         try:
