@@ -47,7 +47,8 @@ def make_sample(seed: int, image: np.ndarray | None = None, main_hand: str = "ri
         "image": image if image is not None else rng.integers(0, 256, (H, W, 3), dtype=np.uint8),
         "instruction": "Left hand: Hold the bowl. Right hand: Pour the water into the bowl on the left.",
         "text_left": "Hold the bowl.", "text_right": "Pour the water into the bowl on the left.",
-        "main_hand": main_hand, "fov": np.zeros(2, np.float32),
+        "main_hand": main_hand,
+        "fov": np.array([2 * np.arctan(W / 2 / K[0, 0]), 2 * np.arctan(H / 2 / K[1, 1])], np.float32),
         "state": np.concatenate(state).astype(np.float32), "state_mask": np.ones(102, np.float32),
         "actions": np.concatenate(actions, axis=1).astype(np.float32),
         "action_mask": np.ones((16, 102), np.float32), "intrinsics": K.astype(np.float32),
@@ -185,6 +186,20 @@ def test_flip_twice_is_identity_and_flip_mirrors_pixels():
     u, v = project(truth["right"][0][0], sample["intrinsics"])
     np.testing.assert_allclose(project(once["state"][:3], once["intrinsics"]), [W - u, v], atol=1e-3)
     assert once["main_hand"] == "left"
+
+
+def test_flip_sample_equals_a_mirror_view():
+    # The flip alone, as a virtual camera (R = M, principal point mirrored), gives the same sample.
+    sample, _ = make_sample(4)
+    mirror = K.copy()
+    mirror[0, 2] = W - K[0, 2]
+    view = augment.View(rotation=np.diag([-1.0, 1.0, 1.0]), intrinsics=mirror, size=(W, H), flip=True)
+    by_view, by_flip = augment.apply_view(sample, view), augment.flip_sample(sample)
+    np.testing.assert_array_equal(by_view["image"], by_flip["image"])
+    for key in ("state", "actions", "state_mask", "action_mask", "intrinsics", "palm_path", "fov"):
+        np.testing.assert_allclose(by_view[key], by_flip[key], atol=1e-5, err_msg=key)
+    for key in ("instruction", "text_left", "text_right", "main_hand"):
+        assert by_view[key] == by_flip[key]
 
 
 def test_flip_swaps_whole_hand_words_only():
@@ -344,5 +359,7 @@ def test_bad_input_is_named():
         augment.augment_sample({k: v for k, v in sample.items() if k != "palm_path"}, np.random.default_rng(0))
     with pytest.raises(ValueError, match="uint8"):
         augment.augment_sample({**sample, "image": sample["image"].astype(float)}, np.random.default_rng(0))
+    with pytest.raises(ValueError, match="actions must be"):
+        augment.flip_sample({**sample, "actions": sample["actions"][:, :51], "action_mask": sample["actions"][:, :51]})
     with pytest.raises(ValueError, match="flip_prob"):
         augment.AugmentConfig(flip_prob=2.0)

@@ -114,6 +114,13 @@ def _check_sample(sample: dict) -> None:
         raise ValueError(f"sample image must be (H, W, 3) uint8, got {image.shape} {image.dtype}")
     if k.shape != (3, 3) or not np.all(np.isfinite(k)) or k[0, 0] <= 0 or k[1, 1] <= 0:
         raise ValueError(f"sample intrinsics must be a finite (3, 3) matrix with positive focals, got {k}")
+    n_act = np.shape(sample["actions"])
+    for key, shape in (("state", (layout.STATE_DIM,)), ("state_mask", (layout.STATE_DIM,)),
+                       ("action_mask", n_act)):
+        if np.shape(sample[key]) != shape:
+            raise ValueError(f"sample {key} must have shape {shape}, got {np.shape(sample[key])}")
+    if len(n_act) != 2 or n_act[1] != layout.ACTION_DIM:
+        raise ValueError(f"sample actions must be (N, {layout.ACTION_DIM}), got {n_act}")
     if np.shape(sample["palm_path"])[1:] != (3,) or np.ndim(sample["palm_path"]) != 2:
         raise ValueError(f"sample palm_path must be (M, 3), got {np.shape(sample['palm_path'])}")
     if sample["main_hand"] not in layout.HANDS:
@@ -268,6 +275,7 @@ def sample_view(sample: dict, rng: np.random.Generator, cfg: AugmentConfig = Aug
 
 def warp_image(image: np.ndarray, src_intrinsics: np.ndarray, view: View) -> np.ndarray:
     """The source image seen by `view` (one perspective warp, Lanczos; outside the source is black)."""
+    image = np.ascontiguousarray(image)
     h_src, w_src = image.shape[:2]
     w_out, h_out = view.size
     # Pre-shrink (antialias) to the view's pixel density at its centre when that is coarser than the source.
