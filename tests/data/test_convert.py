@@ -84,6 +84,18 @@ def test_worker_processes_write_the_same_files(demo_tfds, tmp_path):
     assert _files(parallel) == _files(serial)
 
 
+def test_fingerprint_follows_content_not_location(bridge_src, whole, tmp_path):
+    import shutil
+
+    moved = shutil.copytree(bridge_src, tmp_path / "elsewhere" / "bridge_dataset" / "1.0.0")
+    a = convert.convert(moved, tmp_path / "a", splits="val", episodes_per_shard=10, progress=False)
+    b = convert.convert(moved, tmp_path / "b", splits="val", image_key="image_0", progress=False)
+    fp = {name: frames.open_store(root, "val").info["fingerprint"] for name, root in
+          (("whole", whole), ("a", a), ("b", b))}
+    assert fp["a"] == fp["whole"] != fp["b"]
+    assert frames.open_store(whole, "train").info["fingerprint"] != fp["whole"]  # same episodes, other order
+
+
 def test_finished_store_is_reused_and_other_settings_refused(bridge_src, tmp_path, monkeypatch):
     out = convert.convert(bridge_src, tmp_path, splits="val", progress=False)
     monkeypatch.setattr(frames, "write_shard", lambda *a: pytest.fail("a finished split was rewritten"))

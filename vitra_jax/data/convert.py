@@ -19,8 +19,8 @@ import dataclasses
 import json
 import os
 import shutil
-from pathlib import Path
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 
 import numpy as np
 
@@ -267,7 +267,9 @@ def convert_split(builder, split: str, out: Path, image_keys: list[str], per_sha
     info = {"source": source, "image_keys": image_keys, "episodes_per_shard": per_shard,
             "splits": {s: int(v.num_examples) for s, v in builder.info.splits.items()},
             "features": feature_spec(features), "features_file": "../features.json"}
-    frames.finalize_split(split_dir, count, info)
+    identity = {k: source[k] for k in ("name", "version", "split")} | {"image_keys": image_keys,
+                                                                       "features": info["features"]}
+    frames.finalize_split(split_dir, count, info, identity)
     return frames.FrameStore(split_dir)
 
 
@@ -326,6 +328,7 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
+    # Flags are defined only when run as a program: the loader imports this module next to other CLIs.
     from absl import app, flags
 
     _SRC = flags.DEFINE_string("src", None, "TFDS dataset directory (holds dataset_info.json).", required=True)

@@ -171,16 +171,18 @@ def write_shard(split_dir: Path, index: int, count: int, image_keys: Iterable[st
     return marker
 
 
-def finalize_split(split_dir: Path, count: int, info: dict) -> dict:
-    """After all `count` shards are done: write the index and `store.json` (last). Returns store info."""
+def finalize_split(split_dir: Path, count: int, info: dict, identity: dict) -> dict:
+    """After all `count` shards are done: write the index and `store.json` (last). Returns the store info.
+
+    The fingerprint hashes `identity` (what the data is, e.g. dataset name, version, split, image keys; not
+    where it came from) and every record's digest, so equal content gives an equal fingerprint."""
     markers = [json.loads(marker_path(split_dir, i, count).read_text()) for i in range(count)]
     lengths = np.asarray([n for m in markers for n in m["lengths"]], np.int64)
     offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
     tmp = split_dir / f"{OFFSETS_FILE}.tmp-{os.getpid()}.npy"
     np.save(tmp, offsets)
     os.replace(tmp, split_dir / OFFSETS_FILE)
-    fp = hashlib.sha256(json.dumps({k: info[k] for k in sorted(info) if k != "fingerprint"},
-                                   sort_keys=True).encode())
+    fp = hashlib.sha256(json.dumps({"format_version": FORMAT_VERSION, **identity}, sort_keys=True).encode())
     for m in markers:
         fp.update(m["sha256"].encode())
     info = dict(info, format_version=FORMAT_VERSION, num_shards=count, num_episodes=int(len(lengths)),
