@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 from scipy.spatial.transform import Rotation
 
-from vitra_jax.data import augment
+from vitra_jax.data import augment, color_jitter
 from vitra_jax.handspace import trajectory
 
 W, H = 320, 240
@@ -233,7 +233,7 @@ def _release_jitter(img, b, c, s, h):
 def test_jitter_equals_the_release_arithmetic():
     img = np.random.default_rng(0).integers(0, 256, (40, 50, 3), dtype=np.uint8)
     for b, c, s, h in [(0.2, 1.25, 0.7, 31.0), (-0.27, 0.75, 1.35, -40.5), (0.0, 1.0, 1.0, 3.3)]:
-        np.testing.assert_array_equal(augment.jitter_image(img, b, c, s, h), _release_jitter(img, b, c, s, h))
+        np.testing.assert_array_equal(color_jitter.jitter_image(img, b, c, s, h), _release_jitter(img, b, c, s, h))
 
 
 def _hue_shifts(instruction: str, n: int) -> np.ndarray:
@@ -252,7 +252,7 @@ def _hue_shifts(instruction: str, n: int) -> np.ndarray:
 
 
 def test_hue_range_is_cut_when_the_caption_names_a_colour():
-    assert augment.has_color_word("Pick up the Red cup.") and not augment.has_color_word("Pick up the credit card.")
+    assert color_jitter.has_color_word("Pick up the Red cup.") and not color_jitter.has_color_word("Pick up the credit card.")
     named = _hue_shifts("Left hand: None. Right hand: Pick up the red cup.", 120)
     plain = _hue_shifts("Left hand: None. Right hand: Pick up the cup.", 120)
     # ±0.04·180 = ±7.2 OpenCV units (+ quantisation) vs ±0.3·180 = ±54; 20 % of draws skip jitter.

@@ -16,8 +16,7 @@ Deliberate differences from the release (`augment_utils.py`; details in docs/dat
 - the source is pre-shrunk with INTER_AREA (release: PIL LANCZOS, also antialiasing) only when the view is
   coarser than the source, then warped once with `cv2.warpPerspective(INTER_LANCZOS4)`; the release always
   resizes (also up) before `cv2.remap(INTER_LANCZOS4)`;
-- colour jitter is one lookup table per channel (the release's float arithmetic, exactly) and draws from
-  the caller's generator (the release draws from an unseeded one);
+- colour jitter (`color_jitter`) draws from the caller's generator (the release: from an unseeded one);
 - an empty palm path means no trajectory constraint; a path entirely behind the camera, or a view whose
   source corner falls behind the virtual camera (source FoV too wide), is a failure (fallback);
 - the fallback crop is resized to height × height, its principal point moved exactly (release: set to the
@@ -27,20 +26,13 @@ Deliberate differences from the release (`augment_utils.py`; details in docs/dat
 from __future__ import annotations
 
 import dataclasses
-import re
 
 import cv2
 import numpy as np
 
+from vitra_jax.data import color_jitter
 from vitra_jax.handspace import geometry, instruction, layout, rotations, trajectory
 
-# Release list (`contains_color_word`): a caption naming one of these keeps the hue nearly fixed.
-COLOR_WORDS = (
-    "red", "green", "blue", "yellow", "orange", "purple", "pink", "black", "white", "gray", "grey", "brown",
-    "cyan", "magenta", "gold", "silver", "beige", "maroon", "violet", "indigo", "turquoise", "navy", "olive",
-    "teal", "lime", "ivory", "bluish", "reddish",
-)
-_COLOR_RE = re.compile(r"\b(" + "|".join(COLOR_WORDS) + r")\b", re.IGNORECASE)
 _FLIP = np.diag([-1.0, 1.0, 1.0])
 _REQUIRED = ("image", "instruction", "text_left", "text_right", "main_hand", "fov", "state", "state_mask",
              "actions", "action_mask", "intrinsics", "palm_path")
@@ -98,11 +90,6 @@ class View:
     def homography(self, src_intrinsics: np.ndarray) -> np.ndarray:
         """(3, 3) map of continuous source pixel coordinates to view pixel coordinates."""
         return self.intrinsics @ self.rotation @ np.linalg.inv(np.asarray(src_intrinsics, np.float64))
-
-
-def has_color_word(text: str) -> bool:
-    """Whether `text` names a colour of `COLOR_WORDS` as a whole word (any case)."""
-    return _COLOR_RE.search(text) is not None
 
 
 def _check_sample(sample: dict) -> None:
@@ -354,31 +341,10 @@ def flip_sample(sample: dict) -> dict:
     return out
 
 
-def jitter_image(image: np.ndarray, brightness: float, contrast: float, saturation: float,
-                 hue: float) -> np.ndarray:
-    """RGB uint8 image with brightness added (in [0, 1] units), contrast scaled about 0.5, HSV saturation
-    scaled and hue shifted by `hue` OpenCV units (release `apply_color_augmentation`, as lookup tables)."""
-    v = np.arange(256, dtype=np.float32) / 255.0
-    v = np.clip(v + np.float32(brightness), 0.0, 1.0)
-    v = np.clip((v - 0.5) * np.float32(contrast) + 0.5, 0.0, 1.0)
-    hsv = cv2.cvtColor(cv2.LUT(image, (v * 255).astype(np.uint8)), cv2.COLOR_RGB2HSV)
-    levels = np.arange(256, dtype=np.float32)
-    lut = np.stack([((levels + np.float32(hue)) % 180).astype(np.uint8),
-                    np.clip(levels * np.float32(saturation), 0, 255).astype(np.uint8),
-                    levels.astype(np.uint8)], axis=-1)[None]
-    return cv2.cvtColor(cv2.LUT(hsv, lut), cv2.COLOR_HSV2RGB)
-
-
-def color_jitter(image: np.ndarray, caption: str, rng: np.random.Generator,
-                 cfg: AugmentConfig = AugmentConfig()) -> np.ndarray:
-    """With probability `jitter_prob`, random brightness/contrast/saturation/hue; the hue range shrinks to
-    ±`hue_color_word`·180 when `caption` names a colour (so "the red cup" stays red)."""
-    if rng.random() >= cfg.jitter_prob:
-        return image
-    hue = cfg.hue_color_word if has_color_word(caption) else cfg.hue
-    return jitter_image(image, rng.uniform(-cfg.brightness, cfg.brightness),
-                        rng.uniform(1 - cfg.contrast, 1 + cfg.contrast),
-                        rng.uniform(1 - cfg.saturation, 1 + cfg.saturation), rng.uniform(-hue, hue) * 180)
+def _jitter(image: np.ndarray, caption: str, rng: np.random.Generator, cfg: AugmentConfig) -> np.ndarray:
+    return color_jitter.color_jitter(image, caption, rng, p=cfg.jitter_prob, brightness=cfg.brightness,
+                                     contrast=cfg.contrast, saturation=cfg.saturation, hue=cfg.hue,
+                                     hue_color_word=cfg.hue_color_word)
 
 
 def center_crop(sample: dict, cfg: AugmentConfig = AugmentConfig()) -> dict:
@@ -406,7 +372,7 @@ def augment_sample(sample: dict, rng: np.random.Generator, cfg: AugmentConfig = 
     dropout. Returns the same keys plus `augment_fallback` (1 when the centre-crop fallback was used)."""
     try:
         out = apply_view(sample, sample_view(sample, rng, cfg))
-        out["image"] = color_jitter(out["image"], out["instruction"], rng, cfg)
+        out["image"] = _jitter(out["image"], out["instruction"], rng, cfg)
         out["augment_fallback"] = 0
     except AugmentError:
         out = center_crop(sample, cfg)
