@@ -61,10 +61,12 @@ class HandVlaConfig(tfds.core.BuilderConfig):
 class Builder(tfds.core.GeneratorBasedBuilder):
     """Human hand episodes with 102-d states/actions, world-space hands, cameras and captions."""
 
-    VERSION = tfds.core.Version("1.2.0")
+    VERSION = tfds.core.Version("1.3.0")
     RELEASE_NOTES = {"1.0.0": "First release: episodes, vitra1m and demo configs.",
                      "1.1.0": "Per-step caption rephrasings (language_rephrasings_left/right).",
-                     "1.2.0": "train/val splits by source video; Beam build; on-the-fly Ego4D undistortion."}
+                     "1.2.0": "train/val splits by source video; Beam build; on-the-fly Ego4D undistortion.",
+                     "1.3.0": "Per-step caption intervals (language_interval_left/right), so samples limit the "
+                              "secondary hand to its caption window exactly."}
     BUILDER_CONFIGS = [
         HandVlaConfig(name="demo", source="demo", short_side=128, val_fraction=0.1,
                       description="8 procedural two-hand episodes (6 train, 2 val), 128 px (no inputs)."),

@@ -1,6 +1,6 @@
 """Normalization statistics of the 102-d single-step actions and states, as the release computes them.
 
-    python -m vitra_jax.data.statistics --dataset_dir=DATA/hand_vla/vitra1m/1.2.0 [--split=train]
+    python -m vitra_jax.data.statistics --dataset_dir=DATA/hand_vla/vitra1m/1.3.0 [--split=train]
 
 The release (`calculate_statistics.py`) runs its dataset with augmentation on and a one-step action window
 (`action_future_window_size=0`), and takes per-hand mean and std over the frames where that hand is valid;
