@@ -353,6 +353,18 @@ def test_state_dropout_rate_and_fallback_counting():
         cv2.resize(behind["image"][:, 40:280], (224, 224), interpolation=cv2.INTER_AREA)[100:124, 100:124])
 
 
+def test_empty_or_single_point_palm_path():
+    sample, truth = make_sample(6)
+    for path in (np.zeros((0, 3), np.float32), sample["palm_path"][:1], np.full((3, 3), np.nan, np.float32)):
+        for seed in range(5):
+            view = augment.sample_view({**sample, "palm_path": path}, np.random.default_rng(seed), NO_JITTER)
+            out = augment.apply_view({**sample, "palm_path": path}, view)
+            assert out["palm_path"].shape == path.shape
+            if len(path) == 1:  # a single point stays in view (the roll keeps its bbox inside the crop)
+                u, v = project(out["palm_path"], out["intrinsics"])[0]
+                assert 0 <= u <= view.size[0] and 0 <= v <= view.size[1]
+
+
 def test_bad_input_is_named():
     sample, _ = make_sample(0)
     with pytest.raises(ValueError, match="lacks keys"):

@@ -17,7 +17,7 @@ Deliberate differences from the release (`augment_utils.py`; details in docs/dat
   coarser than the source, then warped once with `cv2.warpPerspective(INTER_LANCZOS4)`; the release always
   resizes (also up) before `cv2.remap(INTER_LANCZOS4)`;
 - colour jitter (`color_jitter`) draws from the caller's generator (the release: from an unseeded one);
-- an empty palm path means no trajectory constraint; a path entirely behind the camera, or a view whose
+- palm points are projected without rounding to whole pixels; an empty palm path means no constraint; a path entirely behind the camera, or a view whose
   source corner falls behind the virtual camera (source FoV too wide), is a failure (fallback);
 - the fallback crop is resized to height × height, its principal point moved exactly (release: set to the
   crop centre); values of masked entries stay zero after the transform.
