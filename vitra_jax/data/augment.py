@@ -72,6 +72,11 @@ class AugmentConfig:
         lo, hi = self.fov_range_deg
         if not 0 < lo <= hi < 180:
             raise ValueError(f"AugmentConfig.fov_range_deg must satisfy 0 < lo <= hi < 180, got {(lo, hi)}")
+        lo, hi = self.fov_range_relative
+        if not 0 < lo <= hi:
+            raise ValueError(f"AugmentConfig.fov_range_relative must satisfy 0 < lo <= hi, got {(lo, hi)}")
+        if not 0 <= self.inplane_deg < 90:
+            raise ValueError(f"AugmentConfig.inplane_deg must lie in [0, 90), got {self.inplane_deg}")
         for name in ("flip_prob", "jitter_prob", "state_dropout", "min_overlap", "center_augmentation"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"AugmentConfig.{name} must lie in [0, 1], got {getattr(self, name)}")
