@@ -1,6 +1,8 @@
 """convert: a conversion killed mid-shard resumes to the same files as an uninterrupted one; the CLI; the
-hand_vla demo (ArrayRecord) converts to frames equal to TFDS's episodes; bad input fails clearly."""
+hand_vla demo (ArrayRecord) converts to frames equal to TFDS's episodes; worker processes write the same
+files; the fingerprint follows content; ragged/binary/PNG fields survive; bad input fails clearly."""
 
+import io
 import os
 import subprocess
 import sys
@@ -8,6 +10,7 @@ import sys
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
+from PIL import Image
 
 from vitra_jax.data import chunks, convert, frames
 
@@ -165,3 +168,33 @@ def test_bad_input_fails_clearly(bridge_src, tmp_path):
         convert.convert(bridge_src, tmp_path / "o", splits="test")
     with pytest.raises(convert.ConvertError, match="observation/image_3"):
         convert.convert(bridge_src, tmp_path / "o", image_key="wrist")
+
+
+def test_ragged_binary_and_png_fields_survive():
+    """Hand-made episode through TFDS's own encoder: ragged text lists, a binary string ending in NUL, a PNG
+    camera, nested metadata; what the store keeps equals what went in."""
+    F = tfds.features
+    feat = F.FeaturesDict({
+        "steps": F.Dataset({
+            "observation": F.FeaturesDict({"cam": F.Image(shape=(4, 4, 3), encoding_format="png"),
+                                           "pos": F.Tensor(shape=(2,), dtype=np.float32)}),
+            "alts": F.Sequence(F.Text()),
+            "blob": F.Tensor(shape=(), dtype=np.str_),
+            "is_first": F.Scalar(dtype=np.bool_)}),
+        "episode_metadata": F.FeaturesDict({"id": F.Scalar(dtype=np.int64), "name": F.Text()})})
+    imgs = np.random.default_rng(0).integers(0, 255, (3, 4, 4, 3), dtype=np.uint8)
+    blobs = [b"ok", b"z\x00", b"\x00"]
+    ep = {"steps": [{"observation": {"cam": imgs[t], "pos": np.array([t, -t], np.float32)},
+                     "alts": ["again"] * t, "blob": blobs[t], "is_first": t == 0} for t in range(3)],
+          "episode_metadata": {"id": 7, "name": "ep7"}}
+    decoded = feat.deserialize_example_np(feat.serialize_example(ep),
+                                          decoders={"steps": {"observation": {"cam": tfds.decode.SkipDecoding()}}})
+    tree, images = convert.split_episode(decoded, feat, ["observation/cam"], ["observation/cam"])
+    out = frames.unpack_episode(frames.pack_episode(tree))
+    assert [a.tolist() for a in out["alts"]] == [[], [b"again"], [b"again", b"again"]]
+    assert out["blob"].tolist() == blobs
+    np.testing.assert_array_equal(out["observation"]["pos"], [[0, 0], [1, -1], [2, -2]])
+    assert out["is_first"].tolist() == [True, False, False] and "cam" not in out["observation"]
+    assert out["episode_metadata"]["id"] == 7 and out["episode_metadata"]["name"] == b"ep7"
+    for t, data in enumerate(images["observation/cam"]):
+        np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(data))), imgs[t])
