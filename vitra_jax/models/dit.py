@@ -18,6 +18,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from vitra_jax.sharding import sharded_dot_general
+
 
 @dataclasses.dataclass(frozen=True)
 class DiTConfig:
@@ -46,7 +48,8 @@ _dense_init = nn.initializers.xavier_uniform()
 
 def _dense(features: int, name: str, dtype, zero: bool = False) -> nn.Dense:
     init = nn.initializers.zeros if zero else _dense_init
-    return nn.Dense(features, kernel_init=init, bias_init=nn.initializers.zeros, dtype=dtype, name=name)
+    return nn.Dense(features, kernel_init=init, bias_init=nn.initializers.zeros, dtype=dtype,
+                    dot_general=sharded_dot_general, name=name)
 
 
 def timestep_embedding(t: jax.Array, dim: int, max_period: float = 10000.0) -> jax.Array:

@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from vitra_jax.models.siglip import scan_layers
+from vitra_jax.sharding import gather_weight, shard_activation
 
 # Large negative fill used instead of -inf so fully masked rows (padding queries) stay finite.
 _MASK_VALUE = -2.3819763e38
@@ -63,10 +64,11 @@ class Embedder(nn.Module):
 
     def encode(self, tokens: jax.Array) -> jax.Array:
         """Raw (unscaled) embedding rows (B, L, D)."""
-        return jnp.take(self.input_embedding, tokens, axis=0)
+        # The table stays sharded over its vocabulary rows here (see vitra_jax/sharding.py).
+        return shard_activation(jnp.take(self.input_embedding, tokens, axis=0))
 
     def decode(self, x: jax.Array) -> jax.Array:
-        return jnp.einsum("btd,vd->btv", x, self.input_embedding.astype(x.dtype))
+        return jnp.einsum("btd,vd->btv", x, gather_weight(self.input_embedding, x.dtype))
 
 
 def apply_rope(x: jax.Array, positions: jax.Array, base: float) -> jax.Array:
@@ -114,8 +116,9 @@ class Attention(nn.Module):
         wq = Weight((n, d, h), name="q_einsum")()
         wkv = Weight((2, k, d, h), name="kv_einsum")()
         wo = Weight((n, h, d), name="attn_vec_einsum")()
-        q = jnp.einsum("btd,ndh->btnh", x, wq.astype(self.dtype))
-        kk, v = jnp.einsum("bsd,ckdh->cbskh", x, wkv.astype(self.dtype))
+        q = shard_activation(jnp.einsum("btd,ndh->btnh", x, gather_weight(wq, self.dtype)))
+        kk, v = jnp.einsum("bsd,ckdh->cbskh", x, gather_weight(wkv, self.dtype))
+        kk, v = shard_activation(kk), shard_activation(v)
         q = apply_rope(q, positions, cfg.rope_base) * cfg.query_pre_attn_scalar**-0.5
         kk = apply_rope(kk, positions, cfg.rope_base)
         q = q.reshape(*q.shape[:2], k, n // k, h)
@@ -125,7 +128,7 @@ class Attention(nn.Module):
         logits = jnp.where(mask[:, None, None], logits, _MASK_VALUE)
         probs = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
         out = jnp.einsum("bkgts,bskh->btkgh", probs, v).reshape(*x.shape[:2], n, h)
-        return jnp.einsum("btnh,nhd->btd", out, wo.astype(self.dtype))
+        return shard_activation(jnp.einsum("btnh,nhd->btd", out, gather_weight(wo, self.dtype)))
 
 
 class FeedForward(nn.Module):
@@ -138,8 +141,10 @@ class FeedForward(nn.Module):
         init = nn.initializers.lecun_normal(in_axis=-2, out_axis=-1, batch_axis=(0,))
         w_gate = self.param("gating_einsum", init, (2, d, self.mlp_dim))
         w_out = self.param("linear", nn.initializers.lecun_normal(), (self.mlp_dim, d))
-        gate, up = jnp.einsum("btd,cdf->cbtf", x, w_gate.astype(self.dtype))
-        return jnp.einsum("btf,fd->btd", nn.gelu(gate, approximate=True) * up, w_out.astype(self.dtype))
+        gate, up = jnp.einsum("btd,cdf->cbtf", x, gather_weight(w_gate, self.dtype))
+        gate, up = shard_activation(gate), shard_activation(up)
+        y = jnp.einsum("btf,fd->btd", nn.gelu(gate, approximate=True) * up, gather_weight(w_out, self.dtype))
+        return shard_activation(y)
 
 
 class Block(nn.Module):
@@ -180,7 +185,7 @@ class Gemma2(nn.Module):
         return self.embedder.encode(tokens)
 
     def __call__(self, x: jax.Array, masks: tuple[jax.Array, jax.Array], positions: jax.Array) -> jax.Array:
-        x = x.astype(self.dtype)
+        x = shard_activation(x.astype(self.dtype))
         x, _ = self.layers(x, masks, positions, jnp.arange(self.cfg.depth))
         return self.final_norm(x)
 

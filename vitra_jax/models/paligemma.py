@@ -15,6 +15,7 @@ import jax.numpy as jnp
 
 from vitra_jax.models.gemma2 import Gemma2, Gemma2Config, attention_masks
 from vitra_jax.models.siglip import SiglipConfig, SiglipEncoder
+from vitra_jax.sharding import shard_activation
 
 
 @dataclasses.dataclass(frozen=True)
@@ -23,8 +24,8 @@ class PaliGemmaConfig:
     `jax.checkpoint_policies` name. `image_token_index` is HF checkpoint metadata only: the id of the
     `<image>` placeholder (None: appended after the vocabulary, as in the PaliGemma-2 release)."""
 
-    vision: SiglipConfig = SiglipConfig()
-    llm: Gemma2Config = Gemma2Config()
+    vision: SiglipConfig = dataclasses.field(default_factory=SiglipConfig)
+    llm: Gemma2Config = dataclasses.field(default_factory=Gemma2Config)
     dtype: str = "float32"
     remat_policy: str = "none"
     image_token_index: int | None = None
@@ -104,7 +105,7 @@ class PaliGemma(nn.Module):
                 raise ValueError(f"extra_embeds must be (B={b}, E, W={width}), got {extra_embeds.shape}")
             parts.append(extra_embeds.astype(jnp.float32) * scale)
             n_extra = extra_embeds.shape[1]
-        x = jnp.concatenate(parts, axis=1)
+        x = shard_activation(jnp.concatenate(parts, axis=1))
 
         def pad(v, n_before, n_after, fill):
             return jnp.concatenate([jnp.full((b, n_before), fill, v.dtype), v,

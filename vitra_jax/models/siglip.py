@@ -12,7 +12,8 @@ import dataclasses
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
+
+from vitra_jax.sharding import gather_weight, gathered_promote_dtype, shard_activation, sharded_dot_general
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,9 +55,9 @@ class MlpBlock(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         d = x.shape[-1]
-        x = nn.Dense(self.mlp_dim, dtype=self.dtype, name="Dense_0")(x)
+        x = nn.Dense(self.mlp_dim, dtype=self.dtype, dot_general=sharded_dot_general, name="Dense_0")(x)
         x = nn.gelu(x, approximate=True)
-        return nn.Dense(d, dtype=self.dtype, name="Dense_1")(x)
+        return nn.Dense(d, dtype=self.dtype, dot_general=sharded_dot_general, name="Dense_1")(x)
 
 
 class EncoderBlock(nn.Module):
@@ -70,7 +71,8 @@ class EncoderBlock(nn.Module):
         cfg = self.cfg
         y = nn.LayerNorm(epsilon=cfg.norm_eps, name="LayerNorm_0")(x)
         y = nn.MultiHeadDotProductAttention(
-            num_heads=cfg.num_heads, dtype=self.dtype, name="MultiHeadDotProductAttention_0")(y, y)
+            num_heads=cfg.num_heads, dtype=self.dtype, qkv_dot_general=sharded_dot_general,
+            out_dot_general=sharded_dot_general, name="MultiHeadDotProductAttention_0")(y, y)
         x = x + y
         y = nn.LayerNorm(epsilon=cfg.norm_eps, name="LayerNorm_1")(x)
         x = x + MlpBlock(cfg.mlp_dim, self.dtype, name="MlpBlock_0")(y)
@@ -104,12 +106,13 @@ class SiglipEncoder(nn.Module):
             raise ValueError(f"images are {images.shape[1:3]}, config expects {cfg.image_size}x{cfg.image_size}")
         p = cfg.patch_size
         # Patch embedding and positional embedding stay in fp32, as big_vision does.
-        x = nn.Conv(cfg.width, (p, p), strides=(p, p), padding="VALID", name="embedding")(images)
-        x = x.reshape(x.shape[0], -1, cfg.width)
+        x = nn.Conv(cfg.width, (p, p), strides=(p, p), padding="VALID", promote_dtype=gathered_promote_dtype,
+                    name="embedding")(images)
+        x = shard_activation(x.reshape(x.shape[0], -1, cfg.width))
         pos = self.param("pos_embedding", nn.initializers.normal(1 / cfg.width**0.5),
                          (1, cfg.num_patches, cfg.width))
-        x = (x + pos).astype(self.dtype)
+        x = (x + gather_weight(pos, pos.dtype)).astype(self.dtype)
         x = Encoder(cfg, self.dtype, self.remat, name="Transformer")(x)
         if self.num_classes:
-            x = nn.Dense(self.num_classes, dtype=self.dtype, name="head")(x)
+            x = nn.Dense(self.num_classes, dtype=self.dtype, dot_general=sharded_dot_general, name="head")(x)
         return x
