@@ -122,12 +122,21 @@ def test_dict_actions_axis_angle_and_code_point_instructions():
     np.testing.assert_allclose(s["actions"][0, 51:53], steps["action"][4], rtol=1e-6)
     assert s["text_right"] == "push it up."
 
+    # droid: the base-frame velocity command and gripper position from action_dict, state likewise.
+    vel, gpos = rng.normal(size=(n, 6)), rng.uniform(size=(n, 1))
+    steps = _steps(n, action=rng.normal(size=(n, 7)), action_dict={"cartesian_velocity": vel, "gripper_position": gpos},
+                   language_instruction=texts,
+                   observation={"cartesian_position": rng.normal(size=(n, 6)), "gripper_position": gpos})
+    s = oxe.frame_sample(oxe.get("droid"), steps, 2, image=np.zeros((4, 4, 3), np.uint8))
+    np.testing.assert_allclose(s["actions"][:3, 51:58], np.concatenate([vel, gpos], 1)[2:], rtol=1e-6)
+    np.testing.assert_allclose(s["state"][51:57], steps["observation"]["cartesian_position"][2], rtol=1e-6)
+
     # jaco_play has no rotation in its action: those dims stay masked rather than zero-filled.
     assert np.flatnonzero(oxe.get("jaco_play").action_mask()).tolist() == [51, 52, 53, 57]
 
 
 def test_registry_maps_only_into_the_right_hand_without_overlap():
-    assert set(oxe.MAGIC_SOUP) <= set(oxe.REGISTRY)
+    assert set(oxe.MAGIC_SOUP) <= set(oxe.REGISTRY) and set(oxe.MAGIC_SOUP_PLUS) <= set(oxe.REGISTRY)
     for name, entry in oxe.REGISTRY.items():
         assert entry.name == name
         for dims in (entry.action, entry.state):

@@ -2,7 +2,7 @@
 
 One frozen `OxeEntry` per dataset, written from its published RLDS feature spec (feature names and the
 layouts octo's standardization transforms read, octo-models/octo 241fb35, `oxe_dataset_configs.py` and
-`oxe_standardization_transforms.py`). The robot arm is the right hand:
+`oxe_standardization_transforms.py`; droid from openvla c8f03f4). The robot arm is the right hand:
 - EEF position delta (3) -> right wrist Δt slots, rotation delta (3) -> right wrist Δr slots, unchanged
   (axis-angle deltas are converted to Euler xyz, the layout's rotation format);
 - the gripper command (1) -> one dim, `GRIPPER_DIM`, the first right-hand finger angle (MANO index1,
@@ -188,7 +188,16 @@ REGISTRY: dict[str, OxeEntry] = {e.name: e for e in [
             _grip("observation", "state_gripper_pose", index=0))),
     # Its only camera is on the wrist.
     _entry("dobbe", "wrist_image", _LI, _FLAT_EEF7, (_trans("observation", "state"), _rot("observation", "state"))),
+    # Base-frame Cartesian velocity command (xyz, rpy) and absolute gripper position (openvla's
+    # droid_baseact_transform); state: cartesian_position (xyz, rpy) and gripper_position.
+    _entry("droid", "exterior_image_1_left", _LI,
+           (_trans("action_dict", "cartesian_velocity"), _rot("action_dict", "cartesian_velocity"),
+            _grip("action_dict", "gripper_position", index=0)),
+           (_trans("observation", "cartesian_position"), _rot("observation", "cartesian_position"),
+            _grip("observation", "gripper_position", index=0))),
 ]}
+# openvla's name for the same RAIL Bridge copy.
+REGISTRY["bridge_orig"] = dataclasses.replace(REGISTRY["bridge_dataset"], name="bridge_orig")
 
 # octo's OXE_MAGIC_SOUP sampling multipliers (octo multiplies them by each dataset's transition count).
 MAGIC_SOUP: dict[str, float] = {
@@ -205,6 +214,12 @@ MAGIC_SOUP: dict[str, float] = {
     "dlr_edan_shared_control_converted_externally_to_rlds": 1.0,
     "iamlab_cmu_pickup_insert_converted_externally_to_rlds": 1.0, "utaustin_mutex": 1.0,
     "berkeley_fanuc_manipulation": 2.0, "cmu_stretch": 1.0,
+}
+# openvla's oxe_magic_soup_plus (openvla c8f03f4): the soup without nyu_door_opening, plus fmb, dobbe, droid
+# (openvla notes bc_z is usable in its version 0.1.0 only).
+MAGIC_SOUP_PLUS: dict[str, float] = {
+    **{k: v for k, v in MAGIC_SOUP.items() if k != "nyu_door_opening_surprising_effectiveness"},
+    "fmb_dataset": 1.0, "dobbe": 0.2, "droid": 0.06,
 }
 
 
