@@ -198,7 +198,8 @@ def finalize_split(split_dir: Path, count: int, info: dict, identity: dict) -> d
 class FrameStore:
     """Random access to the frames of one converted split (see the module docstring for the layout).
 
-    `read_bytes` counts the record bytes returned so far, per kind ("episodes", "images")."""
+    `read_bytes` counts the record bytes returned so far, per kind ("episodes", "images"); these are the
+    uncompressed record sizes (episode files are zstd-compressed on disk, image files are not)."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
