@@ -24,7 +24,8 @@ def data_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def pipeline(data_dir):
-    return loader.make_pipeline(data_config(data_dir=str(data_dir), tokenizer_vocab=VOCAB),
+    # captions only (rephrase=False): samples must equal frame_sample(rng=None)
+    return loader.make_pipeline(data_config(data_dir=str(data_dir), tokenizer_vocab=VOCAB, rephrase=False),
                                 image_size=SIZE, max_text_len=TEXT_LEN)
 
 

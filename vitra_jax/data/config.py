@@ -59,7 +59,7 @@ def data_config(**overrides: Any) -> ml_collections.ConfigDict:
     c.augment = False                  # trajectory-aware augmentation (crop/warp, flip, colour), VITRA §3.4
     c.augment_config = ml_collections.ConfigDict()  # AugmentConfig field overrides
     c.state_dropout = 0.1              # with augmentation: P(both hand states dropped), release state_mask_prob
-    c.rephrase = True                  # with augmentation: a random caption rephrasing per sample, else the caption
+    c.rephrase = True                  # training text drawn among caption + rephrasings (False: the caption)
     c.num_workers = 0                  # grain worker processes (decode/augment); 0 = in-process
     c.worker_buffer = 2                # batches each worker prepares ahead
     c.read_threads = 1                 # threads per process reading (batches) ahead

@@ -70,7 +70,7 @@ class Pipeline:
             raise ValueError(f"no component has a {split!r} split")
         cfg = self.cfg
         ds = mixture.MixtureIndex(self.components(split), seed=seed)[process_index::process_count]
-        rephrase = augment and cfg.rephrase if rephrase is None else rephrase
+        rephrase = cfg.rephrase if rephrase is None else rephrase
         ds = ds.map(transforms.LoadSample(sources, seed=seed, chunk_len=cfg.chunk_len, rephrase=rephrase,
                                           cache_size=cfg.episode_cache))
         if augment:
