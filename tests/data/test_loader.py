@@ -239,3 +239,24 @@ def test_bad_configuration_is_refused(data_dir, tmp_path):
     with pytest.raises(FileNotFoundError, match="tokenizer_vocab"):
         loader.make_pipeline(data_config(data_dir=str(data_dir), components=comps, tokenizer=str(tmp_path / "t.model")),
                              image_size=SIZE, max_text_len=TEXT_LEN)
+
+
+def test_truncated_prompts_are_cut_and_counted(data_dir, pipeline):
+    sp = spm.SentencePieceProcessor(model_file=pipeline.tokenizer_path)
+    short = 8
+    pipe = loader.make_pipeline(data_config(data_dir=str(data_dir), rephrase=False), image_size=SIZE,
+                                max_text_len=short)
+    raw = list(pipeline.samples("train", max_samples=1))[0]
+    assert len([sp.bos_id(), *sp.encode(raw["instruction"] + "\n")]) > short  # demo prompts are longer
+    batch = next(pipe.train_iterator(3, seed=0))
+    assert batch["tokens"].shape == (3, short) and batch["input_mask"].all()
+    assert np.all(batch["tokens"][:, 0] == sp.bos_id())
+    counts = pipe.counters()
+    assert counts["samples"] == 3 and counts["truncated"] == 3 and counts["bytes_read"] > 0
+    with pytest.raises(ValueError, match="unknown split"):
+        next(pipe.samples("test"))
+
+
+def test_unset_data_dir_is_named(tmp_path):
+    with pytest.raises(ValueError, match="data_dir is not set"):
+        loader.make_pipeline(data_config(data_dir=None), image_size=SIZE, max_text_len=TEXT_LEN)

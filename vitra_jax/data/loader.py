@@ -56,8 +56,16 @@ class Pipeline:
 
     # -- building blocks ---------------------------------------------------------------------------------
 
+    def sources(self, split: str) -> list[transforms.Source]:
+        """The opened components of 'train' or of the validation split."""
+        if split == "train":
+            return self.train_sources
+        if split == self.cfg.val_split:
+            return self.val_sources
+        raise ValueError(f"unknown split {split!r}: the pipeline has 'train' and {self.cfg.val_split!r}")
+
     def components(self, split: str = "train") -> list[mixture.Component]:
-        sources = self.train_sources if split == "train" else self.val_sources
+        sources = self.sources(split)
         return [mixture.Component(s.name, s.store.num_frames, self.weights[s.name]) for s in sources]
 
     def dataset(self, *, seed: int, augment: bool, split: str = "train", rephrase: bool | None = None,
@@ -65,7 +73,7 @@ class Pipeline:
         """Endless MapDataset of model-input examples (with `_stats`) for one process's shard."""
         if not 0 <= process_index < process_count:
             raise ValueError(f"process_index {process_index} must lie in [0, process_count={process_count})")
-        sources = self.train_sources if split == "train" else self.val_sources
+        sources = self.sources(split)
         if not sources:
             raise ValueError(f"no component has a {split!r} split")
         cfg = self.cfg
@@ -108,7 +116,7 @@ class Pipeline:
 
     def val_batches(self, batch_size: int, num_batches: int) -> list[dict]:
         """The first `num_batches` batches of the validation mixture: fixed, no augmentation, captions only."""
-        ds = self.dataset(seed=self.cfg.shuffle_seed, augment=False, split="val", rephrase=False)
+        ds = self.dataset(seed=self.cfg.shuffle_seed, augment=False, split=self.cfg.val_split, rephrase=False)
         out = []
         for b in range(num_batches):
             batch = ds.batch(batch_size, drop_remainder=True)[b]
@@ -119,7 +127,7 @@ class Pipeline:
     def samples(self, split: str = "val", max_samples: int | None = None) -> Iterator[dict]:
         """Raw frame samples (image uint8 at stored size, unnormalized targets) of every frame of `split`,
         component by component, episode by episode; captions, no augmentation."""
-        sources = self.train_sources if split == "train" else self.val_sources
+        sources = self.sources(split)
         loader = transforms.LoadSample(sources, seed=0, chunk_len=self.cfg.chunk_len,
                                        cache_size=self.cfg.episode_cache)
         n = 0
@@ -173,14 +181,14 @@ def _version_key(name: str) -> tuple:
     return tuple(int(x) if x.isdigit() else -1 for x in name.split("."))
 
 
-def _frames_root(comp: dict, data_dir: pathlib.Path) -> pathlib.Path:
+def _frames_root(comp: dict, cfg: ml_collections.ConfigDict) -> pathlib.Path:
     """A component's frame store root; a TFDS build is converted once to data_dir/frames/<name>."""
     path = pathlib.Path(comp["path"])
     if _is_store_root(path):
         return path
     src = _tfds_dir(path)
     if src is not None:
-        out = data_dir / "frames" / comp["name"]
+        out = _data_dir(cfg) / "frames" / comp["name"]
         if not (out / comp["split"] / "store.json").is_file():  # a rerun resumes an interrupted conversion
             from vitra_jax.data import convert
 
@@ -195,6 +203,13 @@ def _frames_root(comp: dict, data_dir: pathlib.Path) -> pathlib.Path:
 def _open(comp: dict, root: pathlib.Path, split: str) -> transforms.Source:
     entry = oxe.get(comp["name"]) if comp["kind"] == "oxe" else None
     return transforms.Source(comp["name"], comp["kind"], open_store(root, split), entry)
+
+
+def _data_dir(cfg: ml_collections.ConfigDict) -> pathlib.Path:
+    if not cfg.data_dir:
+        raise ValueError("data.data_dir is not set; it holds the demo build, converted TFDS datasets and the "
+                         "default tokenizer")
+    return pathlib.Path(cfg.data_dir)
 
 
 def build_demo(data_dir: pathlib.Path) -> pathlib.Path:
@@ -237,8 +252,8 @@ def _texts(store: FrameStore) -> list[str]:
     return sorted(texts)
 
 
-def _tokenizer(cfg: ml_collections.ConfigDict, data_dir: pathlib.Path, sources: list[transforms.Source]) -> str:
-    path = pathlib.Path(cfg.tokenizer or data_dir / "tokenizer" / "tokenizer.model")
+def _tokenizer(cfg: ml_collections.ConfigDict, sources: list[transforms.Source]) -> str:
+    path = pathlib.Path(cfg.tokenizer or _data_dir(cfg) / "tokenizer" / "tokenizer.model")
     if path.is_file():
         return str(path)
     if cfg.tokenizer_vocab <= 0:
@@ -286,12 +301,11 @@ def _statistics(cfg: ml_collections.ConfigDict, sources: list[transforms.Source]
 
 def resolve_components(cfg: ml_collections.ConfigDict) -> list[dict]:
     """The configured components as plain dicts (checked), or the demo set when none are given."""
-    data_dir = pathlib.Path(cfg.data_dir)
     comps = [dict(c) for c in cfg.components]
     if not comps:
         if not cfg.build_demo:
             raise ValueError("data.components is empty and data.build_demo is off: nothing to train on")
-        return [{"name": DEMO, "kind": "hand_vla", "path": str(build_demo(data_dir)), "weight": 1.0,
+        return [{"name": DEMO, "kind": "hand_vla", "path": str(build_demo(_data_dir(cfg))), "weight": 1.0,
                  "split": "train"}]
     for c in comps:
         missing = {"name", "path"} - set(c)
@@ -310,15 +324,14 @@ def resolve_components(cfg: ml_collections.ConfigDict) -> list[dict]:
 
 def make_pipeline(data_cfg: ml_collections.ConfigDict, *, image_size: int, max_text_len: int) -> Pipeline:
     """Opens (building the demo if asked) every component, the tokenizer and the statistics."""
-    data_dir = pathlib.Path(data_cfg.data_dir)
     comps = resolve_components(data_cfg)
     train, val = [], []
     for c in comps:
-        root = _frames_root(c, data_dir)
+        root = _frames_root(c, data_cfg)
         train.append(_open(c, root, c["split"]))
         if (root / data_cfg.val_split / "store.json").is_file():
             val.append(_open(c, root, data_cfg.val_split))
     weights = {c["name"]: float(c["weight"]) for c in comps}
-    tok = _tokenizer(data_cfg, data_dir, train)
+    tok = _tokenizer(data_cfg, train)
     stats = _statistics(data_cfg, train, weights)
     return Pipeline(data_cfg, train, val, weights, tok, stats, image_size=image_size, max_text_len=max_text_len)

@@ -147,10 +147,11 @@ class ToModelInputs(grain.transforms.Map):
     def map(self, sample: dict) -> dict:
         tok = self.tokenizer
         text = sample["instruction"]
-        before = tok.num_truncated
+        # counted here rather than from the tokenizer's own counter, which reading threads share
+        truncated = len(tok.encode_prompt(text)) > self.max_text_len
         tokens, mask = tok.batch_encode([text], self.max_text_len, truncate=True)
         stats = sample["_stats"].copy()
-        stats[STAT_NAMES.index("truncated")] += tok.num_truncated - before
+        stats[STAT_NAMES.index("truncated")] += float(truncated)
         n = self.normalizer
         return {
             "images": observation.model_image(sample["image"], self.image_size),
