@@ -157,6 +157,7 @@ def test_iterator_restores_exactly_with_worker_processes(data_dir, pipeline):
     resumed = pipe.train_iterator(2, seed=1)
     resumed.set_state(state)
     got = [next(resumed) for _ in range(100)]
+    assert all(type(v) is np.ndarray for v in got[0].values())  # shared memory released, plain arrays
     for i, (x, y) in enumerate(zip(want, got)):
         for k in x:
             np.testing.assert_array_equal(x[k], y[k], err_msg=f"batch {i} key {k}")

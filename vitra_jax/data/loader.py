@@ -87,12 +87,15 @@ class Pipeline:
                                                tokenizer_path=self.tokenizer_path, normalizer=self.normalizer))
 
     def _count(self, batch: dict) -> dict:
+        """Adds the batch's `_stats` to the counters and returns the model keys as plain numpy arrays."""
         stats = batch.pop("_stats")
         with self._lock:
             for name, v in zip(transforms.STAT_NAMES, stats.sum(0)):
                 self._counts[name] += float(v)
             self._counts["samples"] += len(stats)
-        return batch
+        # Batches from worker processes arrive in shared memory; a copy frees it now instead of at
+        # interpreter exit, where grain's SharedMemoryArray.__del__ fails noisily (env. notes §4).
+        return {k: np.array(v) for k, v in batch.items()}
 
     # -- the interface the trainer uses ----------------------------------------------------------------
 
