@@ -1,4 +1,4 @@
-# Two entry points: `make demo` (tiny end-to-end run) and `make test` (the CPU test suite).
+# Two entry points: `make demo` (tiny end-to-end run) and `make test` (lint, then the CPU test suite).
 # Both create the virtualenv on first use and reuse it afterwards (rebuilt when requirements.txt changes).
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -18,7 +18,9 @@ $(STAMP): requirements.txt pyproject.toml
 setup: $(STAMP)
 
 demo: setup
-	$(PY) -m vitra_jax.demo --out out/demo
+	$(PY) -m vitra_jax.train --config configs/demo.py --workdir out/demo
+	$(PY) -m vitra_jax.evaluate --workdir out/demo
 
 test: setup
+	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q -n 2 --durations=15 tests

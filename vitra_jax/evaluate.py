@@ -1,0 +1,125 @@
+"""Evaluate a trained run on its held-out episodes: `python -m vitra_jax.evaluate --workdir out/demo`.
+
+For frames t in `--frames` of every episode of the validation split, the policy samples action chunks (DDIM +
+classifier-free guidance) which are integrated into wrist paths from the observed state. Printed: the wrist
+error at the last valid chunk step against the ground truth, next to a hand that stays still. Written to the
+workdir: `prediction_ep{e}_t{t}.png` (ground-truth wrist paths green, sampled ones magenta) and `loss.png`
+(the training loss from `metrics.jsonl`). The run's model, data, tokenizer and statistics come from its
+saved config and newest checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+
+import jax  # noqa: E402
+import ml_collections  # noqa: E402
+import numpy as np  # noqa: E402
+from absl import app, flags  # noqa: E402
+
+from vitra_jax import checkpoint as ckpt_lib  # noqa: E402
+from vitra_jax import viz  # noqa: E402
+from vitra_jax.handspace import layout, trajectory  # noqa: E402
+from vitra_jax.models import policy as policy_lib  # noqa: E402
+from vitra_jax.models import variants  # noqa: E402
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "Run folder written by vitra_jax.train.")
+_FRAMES = flags.DEFINE_list("frames", ["0", "4", "8"], "Anchor frames evaluated in each held-out episode.")
+_SAMPLES = flags.DEFINE_integer("num_samples", 4, "Action chunks sampled per observation.")
+
+
+def final_wrist_error(path: np.ndarray, truth: np.ndarray, mask: np.ndarray) -> list[float]:
+    """Distance (m) between predicted and true wrist at the last valid step of each valid hand.
+
+    path, truth: (N+1, 102) integrated states (row 0 = the observed state); mask: (N, 2) per-hand validity."""
+    errors = []
+    for i, hand in enumerate(layout.HANDS):
+        valid = np.flatnonzero(mask[:, i])
+        if len(valid):
+            k = valid[-1] + 1
+            sl = layout.hand_part(hand, layout.TRANS)
+            errors.append(float(np.linalg.norm(path[k, sl] - truth[k, sl])))
+    return errors
+
+
+def load_run(workdir: pathlib.Path):
+    """(config, policy, params, pipeline) of a run folder."""
+    from vitra_jax.data import loader
+
+    config_file = workdir / "config.json"
+    if not config_file.is_file():
+        raise FileNotFoundError(f"{config_file} not found: is {workdir} a vitra_jax.train run folder?")
+    config = ml_collections.ConfigDict(json.loads(config_file.read_text()))
+    policy = policy_lib.VitraPolicy(variants.from_config(config.model))
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
+                            jax.eval_shape(policy.init, jax.random.PRNGKey(0)))
+    params = ckpt_lib.restore_params(workdir, abstract)
+    pipeline = loader.make_pipeline(config.data, image_size=policy.cfg.vlm.image_size,
+                                    max_text_len=policy.cfg.max_text_len)
+    return config, policy, params, pipeline
+
+
+def evaluate(workdir: str | os.PathLike, frames: tuple[int, ...] = (0, 4, 8), num_samples: int = 4,
+             seed: int = 0) -> dict:
+    """Figures of the run in `workdir` on its validation split; writes the pictures there."""
+    workdir = pathlib.Path(workdir)
+    config, policy, params, pipeline = load_run(workdir)
+    model_err, still_err, pictures = [], [], 0
+    for s in pipeline.samples(config.data.val_split):
+        if s["t"] not in frames:
+            continue
+        pred = policy.predict_action(params, s["image"], s["instruction"], s["state"], s["state_mask"],
+                                     s["action_mask"], s["fov"], pipeline.tokenizer, pipeline.normalizer,
+                                     num_samples=num_samples, rng=jax.random.PRNGKey(seed + s["t"]))
+        truth = trajectory.integrate_actions(s["state"], s["actions"])
+        hand_mask = s["action_mask"][:, [0, layout.HAND_DIM]]
+        model_err += final_wrist_error(pred["trajectory"].mean(0), truth, hand_mask)
+        still = np.repeat(s["state"][None].astype(np.float64), len(truth), 0)
+        still_err += final_wrist_error(still, truth, hand_mask)
+        img, k = viz.upscale(s["image"], s["intrinsics"], 4)
+        path_mask = np.vstack([hand_mask[:1], hand_mask])
+        viz.draw_wrist_paths(img, k, truth, path_mask, viz.GROUND_TRUTH)
+        for path in pred["trajectory"]:
+            viz.draw_wrist_paths(img, k, path, path_mask, viz.PREDICTION)
+        viz.save_rgb(workdir / f"prediction_ep{s['episode']}_t{s['t']:02d}.png", img)
+        pictures += 1
+    if not model_err:
+        raise ValueError(f"no validation frame among {frames} has a valid action to evaluate")
+    losses = [json.loads(line)["loss"] for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    viz.save_rgb(workdir / "loss.png", viz.loss_curve(np.asarray(losses)))
+    return {"policy_error_m": float(np.mean(model_err)), "still_error_m": float(np.mean(still_err)),
+            "evaluated_hands": len(model_err), "pictures": pictures,
+            "loss_start": float(np.mean(losses[:20])), "loss_end": float(np.mean(losses[-20:]))}
+
+
+def report(results: dict) -> str:
+    return "\n".join([
+        "| what | value |", "|---|---|",
+        f"| training loss, first 20 steps -> last 20 steps | {results['loss_start']:.4f} -> "
+        f"{results['loss_end']:.4f} |",
+        f"| held-out wrist error at chunk end, policy (mean of samples) | {100 * results['policy_error_m']:.2f} cm |",
+        f"| held-out wrist error at chunk end, hand-stays-still baseline | {100 * results['still_error_m']:.2f} cm |",
+        f"| hands evaluated / pictures | {results['evaluated_hands']} / {results['pictures']} |",
+    ])
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    import tensorflow_datasets as tfds
+
+    tfds.disable_progress_bar()
+    results = evaluate(_WORKDIR.value, tuple(int(f) for f in _FRAMES.value), _SAMPLES.value)
+    print(report(results))
+    print(f"pictures in {_WORKDIR.value}/ (prediction_*.png, loss.png)")
+
+
+if __name__ == "__main__":
+    flags.mark_flags_as_required(["workdir"])
+    app.run(main)

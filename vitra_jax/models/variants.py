@@ -1,0 +1,25 @@
+"""The `PolicyConfig` a training config's `model` section names: a named size plus the run's choices.
+
+Checkpoints record the resolved training config, so training, evaluation and export all rebuild the same
+model through `from_config`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from vitra_jax.models.policy import PolicyConfig, policy_config
+
+
+def from_config(model: Any) -> PolicyConfig:
+    """`model` has variant ('tiny' | '3b'), image_size and max_text_len (0 = the variant's), dtype (VLM compute),
+    remat_policy, dit_remat, repeats and freeze_vision. The DiT always computes in fp32, as the release."""
+    cfg = policy_config(model.variant)
+    vision = cfg.vlm.vision
+    if model.image_size:
+        vision = dataclasses.replace(vision, image_size=model.image_size)
+    vlm = dataclasses.replace(cfg.vlm, vision=vision, dtype=model.dtype, remat_policy=model.remat_policy)
+    return dataclasses.replace(cfg, vlm=vlm, dit=dataclasses.replace(cfg.dit, remat=model.dit_remat),
+                               repeats=model.repeats, freeze_vision=model.freeze_vision,
+                               max_text_len=model.max_text_len or cfg.max_text_len)
