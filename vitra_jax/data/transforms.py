@@ -24,9 +24,9 @@ import grain
 import numpy as np
 
 from vitra_jax.data import augment, chunks, observation, oxe
+from vitra_jax.data.frames import FrameStore
 
 STAT_NAMES = ("truncated", "augment_fallback", "bytes_read")
-MODEL_KEYS = ("images", "tokens", "input_mask", "fov", "state", "state_mask", "actions", "action_mask")
 
 
 @dataclasses.dataclass
@@ -34,9 +34,9 @@ class Source:
     """One mixture component opened for reading: a frame store and how to turn its frames into samples."""
 
     name: str
-    kind: str          # 'hand_vla' | 'oxe'
-    store: Any         # frames.FrameStore
-    entry: Any = None  # the OXE registry entry (kind 'oxe')
+    kind: str                          # 'hand_vla' | 'oxe'
+    store: FrameStore
+    entry: oxe.OxeEntry | None = None  # the registry entry (kind 'oxe')
 
 
 def sample_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
@@ -49,7 +49,7 @@ def _text(x) -> str:
     return x.decode() if isinstance(x, bytes) else str(x)
 
 
-def _store_bytes(store: Any) -> int:
+def _store_bytes(store: FrameStore) -> int:
     return int(sum(store.read_bytes.values()))
 
 
