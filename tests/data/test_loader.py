@@ -261,3 +261,38 @@ def test_truncated_prompts_are_cut_and_counted(data_dir, pipeline):
 def test_unset_data_dir_is_named(tmp_path):
     with pytest.raises(ValueError, match="data_dir is not set"):
         loader.make_pipeline(data_config(data_dir=None), image_size=SIZE, max_text_len=TEXT_LEN)
+
+
+def test_oxe_statistics_count_the_mapped_steps_unflipped(data_dir, pipeline, fixtures_dir):
+    """A bridge-only mixture's normalizer is the plain masked mean/std of the registry-mapped per-step
+    actions and states (robot data is never mirrored, so no flipped copy is counted)."""
+    import tensorflow_datasets as tfds
+
+    src = fixtures_dir / "oxe" / "bridge_dataset"
+    pipe = loader.make_pipeline(data_config(data_dir=str(data_dir), tokenizer=pipeline.tokenizer_path,
+                                            components=[component("bridge_dataset", str(src), kind="oxe")]),
+                                image_size=SIZE, max_text_len=TEXT_LEN)
+    builder = tfds.builder_from_directory(str(src / "1.0.0"))
+    skip = {"steps": {"observation": {"image_0": tfds.decode.SkipDecoding()}}}
+    entry = oxe.get("bridge_dataset")
+    arrays = [oxe.episode_arrays(entry, chunks.stack_steps(ep["steps"]))
+              for ep in tfds.as_numpy(builder.as_dataset(split="train", decoders=skip))]
+    for kind, key in (("action", "action"), ("state", "state")):
+        x = np.concatenate([a[key] for a in arrays]).astype(np.float64)
+        m = np.concatenate([a[f"{key}_mask"] for a in arrays]) > 0
+        cols = np.flatnonzero(m.any(0))
+        assert len(cols) > 0
+        mean = np.array([x[m[:, j], j].mean() for j in cols])
+        std = np.array([x[m[:, j], j].std() for j in cols])
+        np.testing.assert_allclose(getattr(pipe.statistics, f"{kind}_mean")[cols], mean, rtol=1e-6, atol=1e-9)
+        np.testing.assert_allclose(getattr(pipe.statistics, f"{kind}_std")[cols], std, rtol=1e-6, atol=1e-9)
+        # the mirrored (left-hand) slots were never filled
+        assert np.all(getattr(pipe.statistics, f"{kind}_count")[:51] == 0)
+
+
+def test_validation_ignores_augmentation(data_dir, pipeline):
+    pipe = loader.make_pipeline(data_config(data_dir=str(data_dir), augment=True), image_size=SIZE,
+                                max_text_len=TEXT_LEN)
+    for x, y in zip(pipe.val_batches(3, 2), pipeline.val_batches(3, 2)):
+        for k in x:
+            np.testing.assert_array_equal(x[k], y[k])
