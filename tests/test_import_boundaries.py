@@ -23,6 +23,6 @@ def test_handspace_imports_no_heavy_framework():
 
 
 def test_package_root_is_light():
-    code = "import sys, vitra_jax; print(sorted(h for h in %r if h in sys.modules))" % (HEAVY,)
+    code = f"import sys, vitra_jax; print(sorted(h for h in {HEAVY!r} if h in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

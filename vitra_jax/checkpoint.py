@@ -101,3 +101,28 @@ def restore_params(path: str | pathlib.Path, abstract_params: Any) -> Any:
         step_dir / "state", args=ocp.args.PyTreeRestore(item=item, restore_args=ocp.checkpoint_utils.construct_restore_args(item),
                                                          partial_restore=True))
     return restored["params"]
+
+
+def load_initial_params(init: Any, vlm_cfg: Any, params: Any) -> Any:
+    """`params` (placed arrays) with the weights a config's `init` section names.
+
+    `init.checkpoint`: every param of a vitra_jax checkpoint; `init.paligemma`: the `vlm` subtree from PaliGemma-2
+    weights, an HF folder or a big_vision `.npz` (then the cognition token is re-copied from embedding row 10
+    when `init.cognition_from_embedding`). Keys or shapes that do not fit raise one error naming them."""
+    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), params)
+    if init.checkpoint:
+        return restore_params(init.checkpoint, abstract)
+    if not init.paligemma:
+        return params
+    from vitra_jax.models.policy import init_cognition_from_embedding
+    from vitra_jax.weights.hf import load_hf_paligemma
+    from vitra_jax.weights.npz import load_bigvision_npz
+
+    path = pathlib.Path(init.paligemma)
+    vlm = load_bigvision_npz(path, vlm_cfg) if path.suffix == ".npz" else load_hf_paligemma(path)[1]
+    problems = shape_mismatch(param_shapes(abstract["vlm"]), param_shapes(vlm))
+    if problems:
+        raise ValueError(f"PaliGemma weights at {path} do not fit the configured model: " + "; ".join(problems))
+    vlm = jax.tree.map(lambda a, x: jax.device_put(np.asarray(x, a.dtype), a.sharding), abstract["vlm"], vlm)
+    params = {**params, "vlm": vlm}
+    return init_cognition_from_embedding(params) if init.cognition_from_embedding else params

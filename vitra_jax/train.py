@@ -18,7 +18,6 @@ import dataclasses
 import json
 import os
 import pathlib
-import signal
 from typing import Any
 from collections.abc import Callable
 
@@ -37,7 +36,7 @@ from ml_collections import config_flags  # noqa: E402
 
 from vitra_jax import checkpoint as ckpt_lib  # noqa: E402
 from vitra_jax import metrics as metrics_lib  # noqa: E402
-from vitra_jax import optim, sharding  # noqa: E402
+from vitra_jax import distributed, optim, sharding  # noqa: E402
 from vitra_jax.models import policy as policy_lib  # noqa: E402
 from vitra_jax.models import variants  # noqa: E402
 
@@ -79,32 +78,6 @@ def _flat_items(config: ml_collections.ConfigDict, prefix: str = ""):
             yield f"{prefix}{k}", v
 
 
-def load_pretrained(config: ml_collections.ConfigDict, params: Any) -> Any:
-    """`params` with PaliGemma-2 weights (HF folder or big_vision npz) or a vitra_jax checkpoint's params."""
-    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), params)
-    if config.init.checkpoint:
-        return ckpt_lib.restore_params(config.init.checkpoint, abstract)
-    if not config.init.paligemma:
-        return params
-    from vitra_jax.weights.hf import load_hf_paligemma
-    from vitra_jax.weights.npz import load_bigvision_npz
-
-    path = pathlib.Path(config.init.paligemma)
-    if path.suffix == ".npz":
-        vlm = load_bigvision_npz(path, variants.from_config(config.model).vlm)
-    else:
-        vlm = load_hf_paligemma(path)[1]
-    problems = ckpt_lib.shape_mismatch(ckpt_lib.param_shapes(abstract["vlm"]), ckpt_lib.param_shapes(vlm))
-    if problems:
-        raise ValueError(f"PaliGemma weights at {path} do not fit model variant "
-                         f"{config.model.variant!r}: " + "; ".join(problems))
-    vlm = jax.tree.map(lambda a, x: jax.device_put(np.asarray(x, a.dtype), a.sharding), abstract["vlm"], vlm)
-    params = {**params, "vlm": vlm}
-    if config.init.cognition_from_embedding:
-        params = policy_lib.init_cognition_from_embedding(params)
-    return params
-
-
 def init_state(policy: policy_lib.VitraPolicy, tx: optax.GradientTransformation,
                config: ml_collections.ConfigDict, shardings: Any) -> TrainState:
     """A fresh `TrainState` placed with `shardings`: init, pretrained weights, cognition token, optimizer."""
@@ -116,7 +89,7 @@ def init_state(policy: policy_lib.VitraPolicy, tx: optax.GradientTransformation,
         return policy_lib.init_cognition_from_embedding(params) if config.init.cognition_from_embedding else params
 
     params = jax.jit(init_params, out_shardings=shardings.params)(k_init)
-    params = load_pretrained(config, params)
+    params = ckpt_lib.load_initial_params(config.init, policy.cfg.vlm, params)
 
     def finish(params, rng):
         ema = params if config.optim.ema_decay > 0 else None
@@ -165,36 +138,6 @@ def make_train_step(policy: policy_lib.VitraPolicy, tx: optax.GradientTransforma
 def model_meta(config: ml_collections.ConfigDict, params: Any) -> dict:
     """What a checkpoint records about its run (`meta` item)."""
     return {"config": json.loads(config.to_json_best_effort()), "param_shapes": ckpt_lib.param_shapes(params)}
-
-
-def _start_distributed() -> None:
-    """`jax.distributed.initialize` for multi-process launches (explicit flags, or found by JAX on pods)."""
-    explicit = _COORDINATOR.value is not None
-    if not explicit and not any(v in os.environ for v in ("TPU_WORKER_HOSTNAMES", "SLURM_JOB_ID")):
-        return
-    if explicit:  # CPU processes exchange collectives over gloo (ignored by GPU and TPU backends)
-        jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
-
-
-class _Preemption:
-    """Turns SIGTERM into a flag the loop polls (every process agrees before acting on it)."""
-
-    def __init__(self):
-        self.flag = False
-        self._old = signal.signal(signal.SIGTERM, self._set)
-
-    def _set(self, *_):
-        self.flag = True
-
-    def requested(self) -> bool:
-        if jax.process_count() == 1:
-            return self.flag
-        from jax.experimental import multihost_utils
-        return bool(np.any(multihost_utils.process_allgather(np.array(self.flag))))
-
-    def restore(self) -> None:
-        signal.signal(signal.SIGTERM, self._old)
 
 
 def _host(metrics: dict) -> dict[str, float]:
@@ -292,7 +235,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict
     losses: dict[int, float] = {}
     pending = None  # metrics of the step in flight, fetched after the next step is dispatched
     with contextlib.ExitStack() as stack:
-        preempt = _Preemption()
+        preempt = distributed.Preemption()
         stack.callback(preempt.restore)
         stack.callback(ckpt.close)
         stack.callback(writer.close)
@@ -307,7 +250,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict
             if pending is not None:
                 _write(log, *_record(*pending, losses))
             pending = (step, out)
-            stop = preempt.requested()
+            stop = preempt.requested(step)
             report = step % config.log_every == 0 or (val and step % config.val_every == 0)
             if report or ckpt.due(step) or stop or step == config.num_steps:
                 _, values = _record(*pending, losses)
@@ -350,7 +293,7 @@ def main(argv: list[str]) -> None:
         raise app.UsageError("--workdir is required")
     if not flags.FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
-    _start_distributed()
+    distributed.start(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
     import tensorflow_datasets as tfds
 
     tfds.disable_progress_bar()

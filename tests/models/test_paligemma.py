@@ -21,7 +21,7 @@ def setup():
     return cfg, params, images, tokens, mask
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def forward(cfg, return_logits=True):
     return jax.jit(lambda p, *a, **kw: PaliGemma(cfg).apply({"params": p}, *a, return_logits=return_logits, **kw))
 

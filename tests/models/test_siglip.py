@@ -28,7 +28,7 @@ def test_scan_matches_layer_loop():
     h = patches @ k + params["embedding"]["bias"] + params["pos_embedding"]
     block = EncoderBlock(CFG, "float32")
     for i in range(CFG.depth):
-        layer = jax.tree.map(lambda a: a[i], params["Transformer"]["encoderblock"])
+        layer = jax.tree.map(lambda a, i=i: a[i], params["Transformer"]["encoderblock"])
         h, _ = jax.jit(block.apply)({"params": layer}, h)
     norm = params["Transformer"]["encoder_norm"]
     mu, var = h.mean(-1, keepdims=True), h.var(-1, keepdims=True)

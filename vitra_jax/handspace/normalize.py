@@ -39,7 +39,7 @@ class GaussianNormalizer:
                 raise ValueError(f"normalizer {name} has negative values")
 
     @classmethod
-    def identity(cls) -> "GaussianNormalizer":
+    def identity(cls) -> GaussianNormalizer:
         """Mean 0, std 1: leaves values (almost) unchanged."""
         return cls(np.zeros(layout.ACTION_DIM), np.ones(layout.ACTION_DIM),
                    np.zeros(layout.STATE_DIM), np.ones(layout.STATE_DIM))
@@ -61,7 +61,7 @@ class GaussianNormalizer:
                 "state": {"mean": self.state_mean.tolist(), "std": self.state_std.tolist()}}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "GaussianNormalizer":
+    def from_dict(cls, d: dict) -> GaussianNormalizer:
         for key in ("action", "state"):
             for field in ("mean", "std"):
                 if key not in d or field not in d[key]:
@@ -77,7 +77,7 @@ class GaussianNormalizer:
         os.replace(tmp, path)
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "GaussianNormalizer":
+    def load(cls, path: str | os.PathLike) -> GaussianNormalizer:
         path = pathlib.Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"normalizer statistics file not found: {path}")

@@ -176,7 +176,7 @@ def read_safetensors(path: str | os.PathLike) -> dict[str, np.ndarray]:
     out = {}
     for f in files:
         with safe_open(str(f), framework="flax") as fh:
-            for k in fh.keys():
+            for k in fh.keys():  # noqa: SIM118 (safe_open handles are not iterable)
                 out[k] = np.asarray(fh.get_tensor(k))
     return out
 

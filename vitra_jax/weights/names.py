@@ -10,7 +10,7 @@ table: its vocabulary rows need the padding rules in `weights/hf.py`.
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 
