@@ -7,17 +7,20 @@ elements has its largest dimension divisible by the shard size split over the FS
 norm scales and biases, stays replicated. The batch is split over every device (both axes), as in openpi.
 
 Inside the models, `gather_weight` casts a weight to the compute dtype and constrains it to replicated right
-before use, and `shard_activation` constrains the batch dimension of a matmul output to all devices. Under a
-mesh this leaves the compiled step with weight all-gathers (in the compute dtype) and gradient reductions
-only; GSPMD left to itself mixes in all-to-alls and activation gathers. Without a mesh in context
-(`jax.set_mesh`) both are plain casts / identities, so single-device numerics are unchanged.
+before use, and `shard_activation` constrains the batch dimension of a matmul output to all devices. They act
+only while a mesh is in context: trace (and call) the jitted step under `with jax.set_mesh(mesh):`. The
+compiled 3B step then holds weight all-gathers, gradient reductions and the embedding lookup's reduction
+only; GSPMD left to itself (no mesh in context) adds all-to-alls, collective-permutes and activation gathers,
+about 4x the bytes (docs/training.md, "Sharding"). Without a mesh both are a plain cast / the identity, so
+single-device numerics are unchanged bit for bit.
 
 Deliberate differences from the release (PyTorch FSDP `shard-grad-op`, hybrid sharding, fp32 masters):
-- the word embedding stays sharded over its vocabulary rows for the lookup instead of being gathered; the
-  lookup then costs one small all-reduce of the text embeddings instead of a 2.4 GB gather and full-size
-  gradient of the table, and the tied LM head is never computed in training;
+- the word embedding stays sharded over its vocabulary rows for the lookup instead of being gathered (as
+  PyTorch FSDP gathers its module): the 3B lookup then costs an all-reduce of the text embeddings (36 MiB at
+  global batch 64) and, backward, a gather of their cotangent, instead of a 2.4 GB fp32 table gather; the
+  tied LM head is never computed in training;
 - `fov_encoder` is replicated (5.3M parameters): its layers are plain `nn.Dense`s in `models/policy.py`
-  without the constraints above, and a sharded copy made GSPMD gather activations around them.
+  without the constraints above, and sharding them made GSPMD add all-to-alls around them.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 timed with real arrays on a GPU.
 
     python -m vitra_jax.benchmarks.train_step [--mesh=1,8] [--batch=64] [--remat=nothing_saveable]
-        [--shard_axes=data,fsdp] [--devices=8] [--steps=10] [--hlo_out=step.hlo.txt]
+        [--shard_axes=data,fsdp] [--devices=8] [--steps=10] [--noconstraints] [--hlo_out=step.hlo.txt]
 
 The step is exactly the trainer's (`train.make_train_step` over `optim.make_optimizer` of the pretraining
 recipe in `configs/base.py`: bf16 VLM compute with fp32 params, fp32 DiT, SigLIP frozen, AdamW, 8 noise draws
@@ -22,6 +22,7 @@ Measured figures: docs/benchmarks.md, "3B train step on 8 fake CPU devices".
 from __future__ import annotations
 
 import collections
+import contextlib
 import re
 import time
 
@@ -37,6 +38,8 @@ _SHARD_AXES = flags.DEFINE_string("shard_axes", "data,fsdp", "Mesh axes large pa
 _DEVICES = flags.DEFINE_integer("devices", 8, "Fake CPU device count (CPU only; 0 = the real devices).")
 _STEPS = flags.DEFINE_integer("steps", 10, "Timed steps with real arrays (GPU/TPU only).")
 _VARIANT = flags.DEFINE_enum("variant", "3b", ["tiny", "3b"], "Policy size.")
+_CONSTRAINTS = flags.DEFINE_bool("constraints", True, "Trace under jax.set_mesh so the models' weight and "
+                                  "activation constraints apply; false shows what GSPMD does alone.")
 _HLO_OUT = flags.DEFINE_string("hlo_out", None, "Also write the compiled HLO text to this file.")
 
 _KINDS = ("all-gather", "all-reduce", "reduce-scatter", "all-to-all", "collective-permute")
@@ -107,7 +110,8 @@ def main(_):
     step = jax.jit(train.make_train_step(run.policy, run.tx, config, run.labels),
                    in_shardings=(shardings, batch_sh), out_shardings=(shardings, None), donate_argnums=0)
 
-    with jax.set_mesh(mesh):  # the models' weight/activation constraints apply only under a mesh
+    context = jax.set_mesh(mesh) if _CONSTRAINTS.value else contextlib.nullcontext()
+    with context:  # the models' weight/activation constraints apply only under a mesh
         t0 = time.perf_counter()
         lowered = step.lower(abstract_state, abstract_batch)
         t1 = time.perf_counter()
@@ -118,6 +122,7 @@ def main(_):
     total = sum(x.size * x.dtype.itemsize for x in leaves)
     per_device = sum(int(np.prod(x.sharding.shard_shape(x.shape))) * x.dtype.itemsize for x in leaves)
     n_shards = int(np.prod([mesh.shape[a] for a in shard_axes]))
+    ratio = per_device / (total / n_shards)
     n_params = sum(x.size for x in jax.tree.leaves(run.abstract_state.params))
     mem = compiled.memory_analysis()
     flops = metrics.flops_per_example(pcfg, run.abstract_state.params, pcfg.max_text_len) * config.batch_size
@@ -126,14 +131,14 @@ def main(_):
     seq = pcfg.vlm.num_image_tokens + pcfg.max_text_len + 2
 
     rows = [
-        ("policy / parameters", f"{_VARIANT.value} / {n_params / 1e9:.3f} B "
+        ("policy / parameters", f"{_VARIANT.value} / {n_params:,} "
                                 f"(VLM {pcfg.vlm.dtype} compute, DiT {pcfg.dit.dtype})"),
         ("mesh (data, fsdp) / state sharded over", f"{dict(mesh.shape)} / {shard_axes} ({n_shards} shards)"),
         ("global batch × VLM tokens / DiT draws", f"{config.batch_size} × {seq} / {pcfg.repeats}"),
-        ("remat (VLM layers)", pcfg.vlm.remat_policy),
+        ("remat (VLM layers) / model constraints", f"{pcfg.vlm.remat_policy} / {_CONSTRAINTS.value}"),
         ("state total (params + optimizer)", _gib(total)),
         ("state per device / (total / shards)", f"{_gib(per_device)} / {_gib(total / n_shards)} "
-                                                f"= {per_device / (total / n_shards):.3f}×"),
+                                                f"= {ratio:.3f}× ({'within' if ratio <= 1.1 else 'over'} 1.1×)"),
         ("compiled: arguments per device", _gib(mem.argument_size_in_bytes)),
         ("compiled: outputs / aliased to arguments", f"{_gib(mem.output_size_in_bytes)} / "
                                                      f"{_gib(mem.alias_size_in_bytes)}"),
