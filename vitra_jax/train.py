@@ -231,7 +231,8 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict
     writer = metrics_lib.MetricWriter(str(workdir / "tensorboard") if main_process else None)
     eval_fn = jax.jit(lambda p, b: policy.loss(p, b, jax.random.PRNGKey(1))[0],
                       in_shardings=(shardings.params, batch_sharding))
-    val = pipeline.val_batches(config.batch_size // nproc, config.val_batches) if config.val_every else []
+    val = (pipeline.val_batches(config.batch_size // nproc, config.val_batches, process_index=pid,
+                                process_count=nproc) if config.val_every else [])
     losses: dict[int, float] = {}
     pending = None  # metrics of the step in flight, fetched after the next step is dispatched
     with contextlib.ExitStack() as stack:

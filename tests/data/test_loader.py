@@ -201,12 +201,16 @@ def test_oxe_component_samples_equal_the_registry_mapping(data_dir, pipeline, fi
         assert_example({key: v[k] for key, v in batch.items()}, model_inputs(s, pipe, sp), f"bridge {k}")
 
 
-def test_process_shards_split_each_batch_stream(pipeline):
+def test_process_shards_take_whole_rows_of_each_global_batch(pipeline):
     full = pipeline.dataset(seed=3, augment=False)
-    shards = [pipeline.dataset(seed=3, augment=False, process_index=p, process_count=2) for p in range(2)]
-    for i in range(3):
+    rows = 2
+    shards = [pipeline.dataset(seed=3, augment=False, process_index=p, process_count=2, rows=rows)
+              for p in range(2)]
+    for b in range(2):  # global batch b = rows of process 0, then rows of process 1
         for p in range(2):
-            np.testing.assert_array_equal(shards[p][i]["actions"], full[2 * i + p]["actions"])
+            for r in range(rows):
+                np.testing.assert_array_equal(shards[p][b * rows + r]["actions"],
+                                              full[b * 4 + p * rows + r]["actions"])
     with pytest.raises(ValueError, match="process_index"):
         pipeline.dataset(seed=3, augment=False, process_index=2, process_count=2)
 

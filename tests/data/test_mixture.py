@@ -78,6 +78,17 @@ def test_process_shards_are_disjoint_and_cover_the_stream(count):
             assert shard[i] == index[p + i * count]
 
 
+@pytest.mark.parametrize("count,rows", [(2, 3), (3, 1), (4, 5)])
+def test_process_rows_are_blocks_of_each_global_batch(count, rows):
+    index = mixture.MixtureIndex(COMPONENTS, seed=5)
+    shards = [mixture.ProcessRows(index, rows, p, count) for p in range(count)]
+    for b in range(4):
+        global_batch = [shards[p][b * rows + r]["index"] for p in range(count) for r in range(rows)]
+        assert global_batch == list(range(b * rows * count, (b + 1) * rows * count))
+    with pytest.raises(ValueError, match="process_index"):
+        mixture.ProcessRows(index, rows, count, count)
+
+
 def test_iterator_restores_mid_epoch():
     ds = mixture.MixtureIndex(COMPONENTS, seed=2).to_iter_dataset()
     it = iter(ds)

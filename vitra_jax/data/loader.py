@@ -69,15 +69,15 @@ class Pipeline:
         return [mixture.Component(s.name, s.store.num_frames, self.weights[s.name]) for s in sources]
 
     def dataset(self, *, seed: int, augment: bool, split: str = "train", rephrase: bool | None = None,
-                process_index: int = 0, process_count: int = 1) -> grain.MapDataset:
-        """Endless MapDataset of model-input examples (with `_stats`) for one process's shard."""
-        if not 0 <= process_index < process_count:
-            raise ValueError(f"process_index {process_index} must lie in [0, process_count={process_count})")
+                process_index: int = 0, process_count: int = 1, rows: int = 1) -> grain.MapDataset:
+        """Endless MapDataset of model-input examples (with `_stats`) for one process's shard: `rows`
+        consecutive elements of every `rows × process_count` (`mixture.ProcessRows`)."""
         sources = self.sources(split)
         if not sources:
             raise ValueError(f"no component has a {split!r} split")
         cfg = self.cfg
-        ds = mixture.MixtureIndex(self.components(split), seed=seed)[process_index::process_count]
+        ds = mixture.ProcessRows(mixture.MixtureIndex(self.components(split), seed=seed), rows, process_index,
+                                 process_count)
         rephrase = cfg.rephrase if rephrase is None else rephrase
         ds = ds.map(transforms.LoadSample(sources, seed=seed, chunk_len=cfg.chunk_len, rephrase=rephrase,
                                           cache_size=cfg.episode_cache))
@@ -107,7 +107,7 @@ class Pipeline:
         cfg = self.cfg
         seed = mixture.derive_seed(cfg.shuffle_seed, seed)
         ds = self.dataset(seed=seed, augment=cfg.augment, process_index=process_index,
-                          process_count=process_count)
+                          process_count=process_count, rows=batch_size)
         ds = ds.batch(batch_size, drop_remainder=True)
         it_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=max(1, cfg.read_threads),
                                                      prefetch_buffer_size=max(1, cfg.read_threads)))
@@ -117,9 +117,12 @@ class Pipeline:
                                                                    per_worker_buffer_size=cfg.worker_buffer))
         return iter(it_ds.map(self._count))
 
-    def val_batches(self, batch_size: int, num_batches: int) -> list[dict]:
-        """The first `num_batches` batches of the validation mixture: fixed, no augmentation, captions only."""
-        ds = self.dataset(seed=self.cfg.shuffle_seed, augment=False, split=self.cfg.val_split, rephrase=False)
+    def val_batches(self, batch_size: int, num_batches: int, *, process_index: int = 0,
+                    process_count: int = 1) -> list[dict]:
+        """This process's rows of the first `num_batches` batches of the validation mixture: fixed, no
+        augmentation, captions only."""
+        ds = self.dataset(seed=self.cfg.shuffle_seed, augment=False, split=self.cfg.val_split, rephrase=False,
+                          process_index=process_index, process_count=process_count, rows=batch_size)
         out = []
         for b in range(num_batches):
             batch = ds.batch(batch_size, drop_remainder=True)[b]
@@ -129,7 +132,8 @@ class Pipeline:
 
     def samples(self, split: str = "val", max_samples: int | None = None) -> Iterator[dict]:
         """Raw frame samples (image uint8 at stored size, unnormalized targets) of every frame of `split`,
-        component by component, episode by episode; captions, no augmentation."""
+        component by component, episode by episode; captions, no augmentation. Each also names where it comes
+        from: `component` (name), `episode` (index in the component's split) and `t` (frame in the episode)."""
         sources = self.sources(split)
         loader = transforms.LoadSample(sources, seed=0, chunk_len=self.cfg.chunk_len,
                                        cache_size=self.cfg.episode_cache)
@@ -138,7 +142,8 @@ class Pipeline:
             for frame in range(src.store.num_frames):
                 if max_samples is not None and n >= max_samples:
                     return
-                yield loader.load(c, frame, None)
+                episode, t = (int(v[0]) for v in src.store.locate(np.asarray([frame])))
+                yield {**loader.load(c, frame, None), "component": src.name, "episode": episode, "t": t}
                 n += 1
 
     def counters(self) -> dict:

@@ -6,7 +6,8 @@ frames (weight 5 = five different passes, weight 0.5 = half of one permutation, 
 the epoch is the shuffled union of all components' samples, and every epoch reshuffles. Permutations are
 grain's constant-memory `index_shuffle` (small ranges: a cached numpy permutation), so the index costs no
 memory per frame and element `k` of the stream is a pure function of (seed, k): a grain iterator over it
-restores exactly from its position, and processes shard it by `k` (disjoint, together covering every epoch).
+restores exactly from its position, and processes shard it by `k` in blocks of whole batch rows
+(`ProcessRows`: disjoint, together covering every epoch, the same global batches for any process count).
 """
 
 from __future__ import annotations
@@ -121,6 +122,36 @@ class MixtureIndex(grain.MapDataset):
         rep, r = divmod(j, n)
         frame = permute(r, n, derive_seed(self.seed, _COMPONENT_TAG, c, epoch, rep))
         return {"component": c, "frame": frame, "epoch": epoch, "index": k}
+
+
+class ProcessRows(grain.MapDataset):
+    """One process's share of an endless stream, whole rows of every global batch.
+
+    With `rows` samples per process and batch, global batch b is elements [b·rows·P, (b+1)·rows·P) of the
+    stream and process p takes the p-th block of `rows` of it, so the global batch (processes concatenated in
+    order, as `jax.make_array_from_process_local_data` does) is the same for any process count. rows = 1 is
+    plain interleaving (k mod P = p).
+    """
+
+    def __init__(self, parent: grain.MapDataset, rows: int, process_index: int, process_count: int):
+        super().__init__(parent)
+        if rows <= 0:
+            raise ValueError(f"rows per process must be positive, got {rows}")
+        if not 0 <= process_index < process_count:
+            raise ValueError(f"process_index {process_index} must lie in [0, process_count={process_count})")
+        self.rows, self.index, self.count = int(rows), int(process_index), int(process_count)
+
+    def __len__(self) -> int:
+        return len(self._parent) // self.count
+
+    def __str__(self) -> str:
+        return f"ProcessRows(rows={self.rows}, process={self.index}/{self.count})"
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return self.slice(index)
+        b, r = divmod(int(index), self.rows)
+        return self._parent[(b * self.count + self.index) * self.rows + r]
 
 
 def proportions(components: Sequence[Component]) -> dict[str, float]:

@@ -10,7 +10,6 @@ numpy in and out). Batches are dicts of arrays; `fake_batch` makes one of the ri
 from __future__ import annotations
 
 import dataclasses
-import functools
 from typing import Any
 
 import flax.linen as nn
