@@ -8,7 +8,7 @@
 
 Every frame of every component's split is a sample (`mixture.py` decides how often); the transforms are in
 `transforms.py`. The stream is one endless grain `MapDataset` indexed by global sample number, so the
-iterator state is a position, processes take every `process_count`-th sample, and worker processes
+iterator state is a position, each process takes its block of rows of every global batch, and worker processes
 (`num_workers`) decode and augment whole batches without changing which batch comes next.
 
 With `build_demo` (and no components) the procedural `demo` hand_vla set is built (TFDS, ArrayRecord),
