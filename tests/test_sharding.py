@@ -93,11 +93,25 @@ def test_size_rule_skips_the_layer_axis_and_odd_shapes():
         sharding.param_specs(tree, sharding.make_mesh(2, 4), shard_axes=("model",))
 
 
-def test_optimizer_state_gets_the_param_specs():
-    mesh = sharding.make_mesh(2, 4)
+def _plain_adamw():
     labels = jax.tree.map(lambda t: "train" if t else "frozen", trainable_mask(ABSTRACT, POLICY.cfg))
     tx = optax.chain(optax.clip_by_global_norm(1.0),
                      optax.multi_transform({"train": optax.adamw(1e-4), "frozen": optax.set_to_zero()}, labels))
+    return tx, sum(label == "train" for label in jax.tree.leaves(labels))
+
+
+def _recipe_optimizer():
+    from configs.base import optim_config
+    from vitra_jax import optim
+
+    labels = optim.param_labels(ABSTRACT, freeze_vision=True)
+    return optim.make_optimizer(optim_config(), ABSTRACT), sum(g != optim.FROZEN for g in jax.tree.leaves(labels))
+
+
+@pytest.mark.parametrize("make_tx", [_plain_adamw, _recipe_optimizer], ids=["optax", "recipe"])
+def test_optimizer_state_gets_the_param_specs(make_tx):
+    mesh = sharding.make_mesh(2, 4)
+    tx, n_trained = make_tx()
     state = jax.eval_shape(lambda p: {"step": jnp.zeros((), jnp.int32), "params": p, "opt": tx.init(p)}, ABSTRACT)
     shardings = sharding.state_shardings(state, mesh, min_shard_size=2048)
     params = _by_path(sharding.param_specs(ABSTRACT, mesh, min_shard_size=2048))
@@ -110,7 +124,6 @@ def test_optimizer_state_gets_the_param_specs():
                 param_path = path.split(kind, 1)[1]
                 moments[(kind, param_path)] = spec
                 assert spec == params[param_path], path
-    n_trained = sum(jax.tree.leaves(trainable_mask(ABSTRACT, POLICY.cfg)))
     assert len(moments) == 2 * n_trained
     assert any(spec != P() for spec in moments.values())
     scalars = [spec for path, spec in flat.items() if path == "step" or path.endswith("/count")]
