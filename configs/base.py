@@ -57,7 +57,10 @@ def base_config() -> ml_collections.ConfigDict:
         "checkpoint": "",              # a vitra_jax workdir or checkpoint: params only (fine-tuning)
         "cognition_from_embedding": True,  # cognition token := word embedding row 10, as the release
     })
-    c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "min_shard_size": 2**14})
+    # Devices as a ('data', 'fsdp') mesh (-1: the rest); large parameters and their optimizer state are split
+    # over `shard_axes` (('fsdp',): replicated across 'data', like the release's hybrid sharding within a host;
+    # ('data', 'fsdp'): over every device).
+    c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "shard_axes": ("fsdp",), "min_shard_size": 2**14})
     c.checkpoint = ml_collections.ConfigDict({"every": 5000, "keep_last": 3, "keep_every": 50_000,
                                               "async_save": True})
     c.log_every = 50

@@ -13,7 +13,8 @@ multimodal projector), held at 0 for the first 5000 steps, then constant; lr 1e-
 cognition token; SigLIP frozen; 8 noise draws per VLM pass; bf16 VLM compute, fp32 DiT; init from
 paligemma2-3b-mix-224, cognition token from embedding row 10; data: the VITRA-1M `magic_mix` with
 trajectory-aware augmentation.
-Hardware: 8×H100 80GB (one host), or a TPU v5p-16 / v4-32 slice. Time: the paper reports about two days on
+Hardware: 8×H100 80GB (one host; `mesh.fsdp` = devices per host), or a TPU v5p-16 / v4-32 slice
+(`--config.mesh.fsdp=-1 --config.mesh.data=1`). Time: the paper reports about two days on
 8×H100 for 1–2 epochs (100k steps × 512 ≈ 51M samples ≈ 1.9 epochs of the mix). Expected loss: ~1.0 at
 start, falling below ~0.3 (the release does not publish a curve).
 """
@@ -38,6 +39,7 @@ def get_config(arg: str | None = None):
     c = base_config()
     c.num_steps = 100_000
     c.model.variant = "3b"
+    c.mesh.update(data=-1, fsdp=8)     # FSDP within an 8-GPU host, data-parallel across hosts
     c.init.paligemma = ""              # set to the paligemma2-3b-mix-224 folder (or big_vision .npz)
     frames = args.get("frames")
     components = vitra1m_components(frames) if frames else []

@@ -172,7 +172,8 @@ def create(config: ml_collections.ConfigDict) -> Run:
         lambda p: TrainState(step=jnp.zeros((), jnp.int32), params=p, opt_state=tx.init(p),
                              rng=jax.random.PRNGKey(0), ema_params=p if config.optim.ema_decay > 0 else None),
         abstract_params)
-    shardings = sharding.state_shardings(abstract_state, mesh, min_shard_size=config.mesh.min_shard_size)
+    shardings = sharding.state_shardings(abstract_state, mesh, min_shard_size=config.mesh.min_shard_size,
+                                         shard_axes=tuple(config.mesh.shard_axes))
     return Run(policy, tx, optim.param_labels(abstract_params, config.optim.freeze_vision), mesh, abstract_state,
                shardings)
 
@@ -294,6 +295,8 @@ def main(argv: list[str]) -> None:
         raise app.UsageError("--workdir is required")
     if not flags.FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
+    # TFDS warns once per feature about its own use of a deprecated attribute while building a dataset.
+    logging.get_absl_logger().addFilter(lambda record: "TensorInfo.dtype" not in record.getMessage())
     distributed.start(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
     import tensorflow_datasets as tfds
 

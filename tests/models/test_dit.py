@@ -92,3 +92,16 @@ def test_remat_gives_same_output():
     import dataclasses
     out = jax.jit(lambda p: DiT(dataclasses.replace(CFG, remat=True)).apply(p, **inp))(params)
     np.testing.assert_allclose(out, _apply(params, **inp), atol=1e-6)
+
+
+def test_initialisation_follows_the_release():
+    """Embedders N(0, 0.02); block matmuls Xavier-uniform (std sqrt(2 / (fan_in + fan_out))); biases 0."""
+    p = _init(jax.random.PRNGKey(0), **_inputs())["params"]
+    for name in ("x_embedder_fc1", "x_embedder_fc2", "state_embedder_fc1", "state_embedder_fc2",
+                 "state_embedder_fc3", "z_embedder", "t_embedder_fc1", "t_embedder_fc2"):
+        k = np.asarray(p[name]["kernel"])
+        assert abs(k.mean()) < 0.003 and abs(k.std() - 0.02) < 0.0025, (name, k.std())
+        assert np.all(np.asarray(p[name]["bias"]) == 0)
+    qkv = np.asarray(p["blocks"]["qkv"]["kernel"])  # (depth, 32, 96)
+    want = math.sqrt(2 / (32 + 96))
+    assert abs(qkv.std() - want) < 0.1 * want and np.abs(qkv).max() <= math.sqrt(3) * want + 1e-6

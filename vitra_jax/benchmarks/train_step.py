@@ -69,7 +69,7 @@ def collectives(hlo_text: str) -> dict[tuple[str, str], list[int]]:
     return dict(out)
 
 
-def _config(mesh: tuple[int, int], batch: int, remat: str, variant: str):
+def _config(mesh: tuple[int, int], shard_axes: tuple[str, ...], batch: int, remat: str, variant: str):
     from configs.base import base_config
 
     c = base_config()
@@ -78,7 +78,7 @@ def _config(mesh: tuple[int, int], batch: int, remat: str, variant: str):
     c.model.variant = variant
     c.model.remat_policy = remat
     c.optim.decay_steps = c.num_steps
-    c.mesh.update(data=mesh[0], fsdp=mesh[1])
+    c.mesh.update(data=mesh[0], fsdp=mesh[1], shard_axes=shard_axes)
     return c
 
 
@@ -95,12 +95,10 @@ def main(_):
     mesh_shape = tuple(int(v) for v in _MESH.value.split(","))
     if len(mesh_shape) != 2:
         raise app.UsageError(f"--mesh must be 'data,fsdp', got {_MESH.value!r}")
-    config = _config(mesh_shape, _BATCH.value, _REMAT.value, _VARIANT.value)
-    run = train.create(config)
-    mesh, pcfg = run.mesh, run.policy.cfg
     shard_axes = tuple(_SHARD_AXES.value.split(","))
-    shardings = sharding.state_shardings(run.abstract_state, mesh, min_shard_size=config.mesh.min_shard_size,
-                                         shard_axes=shard_axes)
+    config = _config(mesh_shape, shard_axes, _BATCH.value, _REMAT.value, _VARIANT.value)
+    run = train.create(config)
+    mesh, pcfg, shardings = run.mesh, run.policy.cfg, run.shardings
     batch_sh = sharding.batch_sharding(mesh)
     example = fake_batch(pcfg, 1)
     abstract_batch = {k: jax.ShapeDtypeStruct((config.batch_size, *v.shape[1:]), v.dtype, sharding=batch_sh)

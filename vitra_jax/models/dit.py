@@ -43,12 +43,14 @@ class DiTConfig:
         return self.chunk_len + 2
 
 
-_dense_init = nn.initializers.xavier_uniform()
+# Kernel inits as the release: Xavier-uniform for the blocks, zeros for the AdaLN-Zero modulations and the
+# output layer, N(0, 0.02) for the embedders of actions, state, condition and timestep; biases start at 0.
+_INITS = {"xavier": nn.initializers.xavier_uniform(), "zero": nn.initializers.zeros,
+          "embed": nn.initializers.normal(0.02)}
 
 
-def _dense(features: int, name: str, dtype, zero: bool = False) -> nn.Dense:
-    init = nn.initializers.zeros if zero else _dense_init
-    return nn.Dense(features, kernel_init=init, bias_init=nn.initializers.zeros, dtype=dtype,
+def _dense(features: int, name: str, dtype, init: str = "xavier") -> nn.Dense:
+    return nn.Dense(features, kernel_init=_INITS[init], bias_init=nn.initializers.zeros, dtype=dtype,
                     dot_general=sharded_dot_general, name=name)
 
 
@@ -96,7 +98,7 @@ class DiTBlock(nn.Module):
         dt = jnp.dtype(cfg.dtype)
         d, h = cfg.width, cfg.num_heads
         k = d // h
-        mod = _dense(6 * d, "adaLN", dt, zero=True)(nn.silu(c))
+        mod = _dense(6 * d, "adaLN", dt, init="zero")(nn.silu(c))
         shift_a, scale_a, gate_a, shift_m, scale_m, gate_m = jnp.split(mod, 6, axis=-1)
 
         y = _modulate(_layer_norm(x), shift_a, scale_a)
@@ -137,21 +139,22 @@ class DiT(nn.Module):
         uncond = self.param("uncondition", nn.initializers.normal(0.02), (cfg.token_size,))
         if drop is not None:
             z = jnp.where(drop[:, None], uncond[None].astype(z.dtype), z)
-        z_emb = _dense(d, "z_embedder", dt)(z.astype(dt))
+        z_emb = _dense(d, "z_embedder", dt, "embed")(z.astype(dt))
 
         t_emb = timestep_embedding(t, cfg.freq_dim).astype(dt)
-        t_emb = _dense(d, "t_embedder_fc1", dt)(t_emb)
-        t_emb = _dense(d, "t_embedder_fc2", dt)(nn.silu(t_emb))
+        t_emb = _dense(d, "t_embedder_fc1", dt, "embed")(t_emb)
+        t_emb = _dense(d, "t_embedder_fc2", dt, "embed")(nn.silu(t_emb))
 
         m = action_mask.astype(dt)
         a = jnp.concatenate([x.astype(dt) * m, m], axis=-1)
-        a = _dense(d, "x_embedder_fc2", dt)(nn.gelu(_dense(d, "x_embedder_fc1", dt)(a), approximate=False))
+        a = nn.gelu(_dense(d, "x_embedder_fc1", dt, "embed")(a), approximate=False)
+        a = _dense(d, "x_embedder_fc2", dt, "embed")(a)
 
         sm = state_mask.astype(dt)
         s = jnp.concatenate([state.astype(dt) * sm, sm], axis=-1)
-        s = nn.gelu(_dense(cfg.state_hidden, "state_embedder_fc1", dt)(s), approximate=False)
-        s = nn.gelu(_dense(d, "state_embedder_fc2", dt)(s), approximate=False)
-        s = _dense(d, "state_embedder_fc3", dt)(s)
+        s = nn.gelu(_dense(cfg.state_hidden, "state_embedder_fc1", dt, "embed")(s), approximate=False)
+        s = nn.gelu(_dense(d, "state_embedder_fc2", dt, "embed")(s), approximate=False)
+        s = _dense(d, "state_embedder_fc3", dt, "embed")(s)
 
         pos = self.param("pos_embedding", nn.initializers.normal(d**-0.5), (cfg.num_tokens, d))
         tokens = jnp.concatenate([z_emb[:, None], s[:, None], a], axis=1) + pos.astype(dt)[None]
@@ -164,6 +167,6 @@ class DiT(nn.Module):
                          in_axes=nn.broadcast, length=cfg.depth)(cfg, name="blocks")
         tokens, _ = blocks(tokens, c)
 
-        shift, scale = jnp.split(_dense(2 * d, "final_adaLN", dt, zero=True)(nn.silu(c)), 2, axis=-1)
-        out = _dense(cfg.action_dim, "final_linear", dt, zero=True)(_modulate(_layer_norm(tokens), shift, scale))
+        shift, scale = jnp.split(_dense(2 * d, "final_adaLN", dt, init="zero")(nn.silu(c)), 2, axis=-1)
+        out = _dense(cfg.action_dim, "final_linear", dt, init="zero")(_modulate(_layer_norm(tokens), shift, scale))
         return out[:, 2:].astype(jnp.float32)
