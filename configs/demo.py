@@ -1,4 +1,4 @@
-"""The README main job: the tiny VITRA policy trained on the procedural `demo` hand_vla dataset.
+"""The README main job: the tiny VITRA policy trained on the procedural `demo_large` hand_vla dataset.
 
     make demo   # = python -m vitra_jax.train --config configs/demo.py --workdir out/demo
                 #   then python -m vitra_jax.evaluate --workdir out/demo
@@ -30,6 +30,6 @@ def get_config(arg: str | None = None):
     c.log_every = 50
     c.val_every = 200
     c.val_batches = 2
-    c.data = data_config(data_dir="out/data", tokenizer_vocab=512)
+    c.data = data_config(data_dir="out/data", demo_config="demo_large", tokenizer_vocab=512)
     c.lock()
     return c

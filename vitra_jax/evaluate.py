@@ -1,9 +1,10 @@
 """Evaluate a trained run on its held-out episodes: `python -m vitra_jax.evaluate --workdir out/demo`.
 
-For frames t in `--frames` of every episode of the validation split, the policy samples action chunks (DDIM +
+At every frame of every episode of the validation split, the policy samples action chunks (DDIM +
 classifier-free guidance) which are integrated into wrist paths from the observed state. Printed: the wrist
-error at the last valid chunk step against the ground truth, next to a hand that stays still. Written to the
-workdir: `prediction_ep{e}_t{t}.png` (ground-truth wrist paths green, sampled ones magenta) and `loss.png`
+error at the last valid chunk step against the ground truth, averaged over every hand with a valid action,
+next to a hand that stays still. Written to the workdir, for frames t in `--pictures`:
+`prediction_ep{e}_t{t}.png` (ground-truth wrist paths green, sampled ones magenta), and `loss.png`
 (the training loss from `metrics.jsonl`). The run's model, data, tokenizer and statistics come from its
 saved config and newest checkpoint.
 """
@@ -29,7 +30,7 @@ from vitra_jax.models import policy as policy_lib  # noqa: E402
 from vitra_jax.models import variants  # noqa: E402
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run folder written by vitra_jax.train.")
-_FRAMES = flags.DEFINE_list("frames", ["0", "4", "8"], "Anchor frames evaluated in each held-out episode.")
+_PICTURES = flags.DEFINE_list("pictures", ["0", "4", "8"], "Anchor frames drawn for each held-out episode.")
 _SAMPLES = flags.DEFINE_integer("num_samples", 4, "Action chunks sampled per observation.")
 
 
@@ -65,14 +66,14 @@ def load_run(workdir: pathlib.Path):
     return config, policy, params, pipeline
 
 
-def evaluate(workdir: str | os.PathLike, frames: tuple[int, ...] = (0, 4, 8), num_samples: int = 4,
+def evaluate(workdir: str | os.PathLike, pictures: tuple[int, ...] = (0, 4, 8), num_samples: int = 4,
              seed: int = 0) -> dict:
     """Figures of the run in `workdir` on its validation split; writes the pictures there."""
     workdir = pathlib.Path(workdir)
     config, policy, params, pipeline = load_run(workdir)
-    model_err, still_err, pictures = [], [], 0
+    model_err, still_err, drawn = [], [], 0
     for s in pipeline.samples(config.data.val_split):
-        if s["t"] not in frames:
+        if not s["action_mask"].any():
             continue
         pred = policy.predict_action(params, s["image"], s["instruction"], s["state"], s["state_mask"],
                                      s["action_mask"], s["fov"], pipeline.tokenizer, pipeline.normalizer,
@@ -82,19 +83,21 @@ def evaluate(workdir: str | os.PathLike, frames: tuple[int, ...] = (0, 4, 8), nu
         model_err += final_wrist_error(pred["trajectory"].mean(0), truth, hand_mask)
         still = np.repeat(s["state"][None].astype(np.float64), len(truth), 0)
         still_err += final_wrist_error(still, truth, hand_mask)
+        if s["t"] not in pictures:
+            continue
         img, k = viz.upscale(s["image"], s["intrinsics"], 4)
         path_mask = np.vstack([hand_mask[:1], hand_mask])
         viz.draw_wrist_paths(img, k, truth, path_mask, viz.GROUND_TRUTH)
         for path in pred["trajectory"]:
             viz.draw_wrist_paths(img, k, path, path_mask, viz.PREDICTION)
         viz.save_rgb(workdir / f"prediction_ep{s['episode']}_t{s['t']:02d}.png", img)
-        pictures += 1
+        drawn += 1
     if not model_err:
-        raise ValueError(f"no validation frame among {frames} has a valid action to evaluate")
+        raise ValueError("no validation frame has a valid action to evaluate")
     losses = [json.loads(line)["loss"] for line in (workdir / "metrics.jsonl").read_text().splitlines()]
     viz.save_rgb(workdir / "loss.png", viz.loss_curve(np.asarray(losses)))
     return {"policy_error_m": float(np.mean(model_err)), "still_error_m": float(np.mean(still_err)),
-            "evaluated_hands": len(model_err), "pictures": pictures,
+            "evaluated_hands": len(model_err), "pictures": drawn,
             "loss_start": float(np.mean(losses[:20])), "loss_end": float(np.mean(losses[-20:]))}
 
 
@@ -113,9 +116,12 @@ def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     import tensorflow_datasets as tfds
+    from absl import logging
 
+    if not flags.FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)  # orbax logs every read at INFO
     tfds.disable_progress_bar()
-    results = evaluate(_WORKDIR.value, tuple(int(f) for f in _FRAMES.value), _SAMPLES.value)
+    results = evaluate(_WORKDIR.value, tuple(int(f) for f in _PICTURES.value), _SAMPLES.value)
     print(report(results))
     print(f"pictures in {_WORKDIR.value}/ (prediction_*.png, loss.png)")
 

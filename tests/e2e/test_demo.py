@@ -21,7 +21,8 @@ def test_demo_trains_and_beats_the_still_hand(tmp_path):
     assert last.mean() + 3 * sem(last) < first.mean() - 3 * sem(first), (first.mean(), last.mean())
 
     figures = evaluate.evaluate(tmp_path / "run")
-    assert figures["pictures"] == 6  # 2 held-out episodes x frames 0, 4, 8
-    assert figures["policy_error_m"] < figures["still_error_m"], figures
+    assert figures["pictures"] == 9  # 3 held-out episodes x frames 0, 4, 8
+    assert figures["evaluated_hands"] == 138  # every valid hand of every held-out frame
+    assert figures["policy_error_m"] < 0.8 * figures["still_error_m"], figures
     assert (tmp_path / "run" / "loss.png").stat().st_size > 0
-    assert len(list((tmp_path / "run").glob("prediction_ep*_t*.png"))) == 6
+    assert len(list((tmp_path / "run").glob("prediction_ep*_t*.png"))) == 9

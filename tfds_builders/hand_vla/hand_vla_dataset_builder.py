@@ -66,10 +66,12 @@ class Builder(tfds.core.GeneratorBasedBuilder):
                      "1.1.0": "Per-step caption rephrasings (language_rephrasings_left/right).",
                      "1.2.0": "train/val splits by source video; Beam build; on-the-fly Ego4D undistortion.",
                      "1.3.0": "Per-step caption intervals (language_interval_left/right), so samples limit the "
-                              "secondary hand to its caption window exactly."}
+                              "secondary hand to its caption window exactly; `demo_large` config (32 episodes)."}
     BUILDER_CONFIGS = [
         HandVlaConfig(name="demo", source="demo", short_side=128, val_fraction=0.1,
                       description="8 procedural two-hand episodes (6 train, 2 val), 128 px (no inputs)."),
+        HandVlaConfig(name="demo_large", source="demo", short_side=128, val_fraction=0.1, num_demo_episodes=32,
+                      description="32 procedural two-hand episodes, 128 px (no inputs): the README demo."),
         HandVlaConfig(name="vitra1m", source="vitra1m",
                       description="Released VITRA-1M annotations + original videos, short side 224."),
         HandVlaConfig(name="episodes", source="episodes",

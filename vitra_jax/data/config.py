@@ -51,6 +51,7 @@ def data_config(**overrides: Any) -> ml_collections.ConfigDict:
     # mixture members, see `component`; empty = the demo dataset under data_dir (with build_demo)
     c.components = []
     c.build_demo = True                # build (TFDS, array_record) + convert the `demo` hand_vla set if missing
+    c.demo_config = "demo"             # which procedural set: 'demo' (8 episodes) or 'demo_large' (32)
     c.tokenizer = ""                   # tokenizer.model; '' = data_dir/tokenizer/tokenizer.model
     c.tokenizer_vocab = 0              # > 0: train a sentencepiece model of this size if `tokenizer` is missing
     c.statistics = ""                  # normalization json; '' = compute once per dataset and cache under data_dir

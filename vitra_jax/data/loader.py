@@ -11,7 +11,7 @@ Every frame of every component's split is a sample (`mixture.py` decides how oft
 iterator state is a position, each process takes its block of rows of every global batch, and worker processes
 (`num_workers`) decode and augment whole batches without changing which batch comes next.
 
-With `build_demo` (and no components) the procedural `demo` hand_vla set is built (TFDS, ArrayRecord),
+With `build_demo` (and no components) the procedural `demo_config` hand_vla set is built (TFDS, ArrayRecord),
 converted to a frame store, a tokenizer trained on its texts and statistics computed, all under `data_dir`,
 each step skipped when its output exists.
 """
@@ -220,14 +220,15 @@ def _data_dir(cfg: ml_collections.ConfigDict) -> pathlib.Path:
     return pathlib.Path(cfg.data_dir)
 
 
-def build_demo(data_dir: pathlib.Path) -> pathlib.Path:
-    """The demo hand_vla set as a frame store under data_dir/frames/demo (built and converted if missing)."""
-    out = data_dir / "frames" / DEMO
+def build_demo(data_dir: pathlib.Path, name: str = DEMO) -> pathlib.Path:
+    """A procedural hand_vla set (builder config `name`: 'demo' or 'demo_large') as a frame store under
+    data_dir/frames/<name> (built and converted if missing)."""
+    out = data_dir / "frames" / name
     if _is_store_root(out):
         return out
     from tfds_builders.hand_vla.hand_vla_dataset_builder import Builder
 
-    builder = Builder(config=DEMO, data_dir=str(data_dir / "tfds"), file_format="array_record")
+    builder = Builder(config=name, data_dir=str(data_dir / "tfds"), file_format="array_record")
     builder.download_and_prepare()
     from vitra_jax.data import convert
 
@@ -313,8 +314,8 @@ def resolve_components(cfg: ml_collections.ConfigDict) -> list[dict]:
     if not comps:
         if not cfg.build_demo:
             raise ValueError("data.components is empty and data.build_demo is off: nothing to train on")
-        return [{"name": DEMO, "kind": "hand_vla", "path": str(build_demo(_data_dir(cfg))), "weight": 1.0,
-                 "split": "train"}]
+        path = build_demo(_data_dir(cfg), cfg.demo_config)
+        return [{"name": cfg.demo_config, "kind": "hand_vla", "path": str(path), "weight": 1.0, "split": "train"}]
     for c in comps:
         missing = {"name", "path"} - set(c)
         if missing:
