@@ -29,9 +29,13 @@ from vitra_jax.handspace import layout, trajectory  # noqa: E402
 from vitra_jax.models import policy as policy_lib  # noqa: E402
 from vitra_jax.models import variants  # noqa: E402
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "Run folder written by vitra_jax.train.")
-_PICTURES = flags.DEFINE_list("pictures", ["0", "4", "8"], "Anchor frames drawn for each held-out episode.")
-_SAMPLES = flags.DEFINE_integer("num_samples", 4, "Action chunks sampled per observation.")
+
+def _define_flags() -> None:
+    """Flags of the command line only (the trainer defines its own `--workdir`; both modules import together)."""
+    flags.DEFINE_string("workdir", None, "Run folder written by vitra_jax.train.")
+    flags.DEFINE_list("pictures", ["0", "4", "8"], "Anchor frames drawn for each held-out episode.")
+    flags.DEFINE_integer("num_samples", 4, "Action chunks sampled per observation.")
+    flags.mark_flags_as_required(["workdir"])
 
 
 def final_wrist_error(path: np.ndarray, truth: np.ndarray, mask: np.ndarray) -> list[float]:
@@ -121,11 +125,12 @@ def main(argv: list[str]) -> None:
     if not flags.FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)  # orbax logs every read at INFO
     tfds.disable_progress_bar()
-    results = evaluate(_WORKDIR.value, tuple(int(f) for f in _PICTURES.value), _SAMPLES.value)
+    f = flags.FLAGS
+    results = evaluate(f.workdir, tuple(int(t) for t in f.pictures), f.num_samples)
     print(report(results))
-    print(f"pictures in {_WORKDIR.value}/ (prediction_*.png, loss.png)")
+    print(f"pictures in {f.workdir}/ (prediction_*.png, loss.png)")
 
 
 if __name__ == "__main__":
-    flags.mark_flags_as_required(["workdir"])
+    _define_flags()
     app.run(main)

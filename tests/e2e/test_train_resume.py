@@ -78,3 +78,25 @@ def test_kill_minus_9_then_resume_is_bit_exact(tmp_path, debug_data_dir):
     before = _params(killed / "checkpoints" / str(last))  # training really went on after the resume
     assert not np.array_equal(before["action_model"]["final_linear"]["kernel"],
                               a["action_model"]["final_linear"]["kernel"])
+
+
+def test_sigterm_saves_the_current_step_and_stops(tmp_path, debug_data_dir):
+    import threading
+
+    from vitra_jax import train
+
+    config = debug_config(debug_data_dir, num_steps=1000, val_every=0, **{"checkpoint.every": 500})
+    log = tmp_path / "run" / "metrics.jsonl"
+
+    def preempt():  # as a cluster scheduler would, once training is under way
+        while not (log.exists() and len(log.read_text().splitlines()) >= 2):
+            time.sleep(0.01)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=preempt, daemon=True).start()
+    result = train.train(config, tmp_path / "run")
+    last = result["final_step"]
+    assert 2 <= last < 500  # stopped early, before any periodic checkpoint was due
+    saved = sorted(int(p.name) for p in (tmp_path / "run" / "checkpoints").glob("[0-9]*"))
+    assert saved == [last]
+    assert signal.getsignal(signal.SIGTERM) is not None  # the previous handler is back
