@@ -20,11 +20,12 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from vitra_jax.weights import names
 
-def param_shapes(params: Any) -> dict[str, list[int]]:
+
+def param_shapes(params: dict) -> dict[str, list[int]]:
     """'a/b/c' -> shape of every leaf of a param tree (arrays or ShapeDtypeStructs)."""
-    flat = jax.tree_util.tree_flatten_with_path(params)[0]
-    return {"/".join(str(getattr(k, "key", k)) for k in path): list(np.shape(v)) for path, v in flat}
+    return {path: list(np.shape(v)) for path, v in names.flatten(params).items()}
 
 
 def shape_mismatch(want: dict[str, list[int]], have: dict[str, list[int]], limit: int = 5) -> list[str]:
