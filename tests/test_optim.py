@@ -23,7 +23,7 @@ def _tree(rng):
 
 
 def test_labels_follow_the_release_groups():
-    params = policy_lib.VitraPolicy(policy_lib.policy_config("tiny")).init(jax.random.PRNGKey(0))
+    params = jax.eval_shape(policy_lib.VitraPolicy(policy_lib.policy_config("tiny")).init, jax.random.PRNGKey(0))
     flat = {"/".join(str(k.key) for k in path): g
             for path, g in jax.tree_util.tree_flatten_with_path(optim.param_labels(params))[0]}
     for path, group in flat.items():

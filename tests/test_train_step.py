@@ -17,7 +17,7 @@ def _setup(grad_accum: int, ema_decay: float = 0.0):
         config.grad_accum = grad_accum
         config.optim.ema_decay = ema_decay
     policy = policy_lib.VitraPolicy(policy_lib.policy_config("tiny", repeats=2))
-    params = policy.init(jax.random.PRNGKey(0))
+    params = jax.jit(policy.init)(jax.random.PRNGKey(0))
     tx = optim.make_optimizer(config.optim, params)
     labels = optim.param_labels(params)
     state = train.TrainState(step=jnp.asarray(3, jnp.int32), params=params, opt_state=tx.init(params),
@@ -32,11 +32,11 @@ def test_accumulated_step_is_the_mean_of_micro_batch_gradients():
     new, metrics = step(state, batch)
 
     rng = jax.random.fold_in(state.rng, state.step)  # the step's key; micro-batch i folds in i
+    grad_fn = jax.jit(jax.value_and_grad(lambda p, b, k: policy.loss(optim.stop_frozen(p, labels), b, k)[0]))
     grads, losses = [], []
     for i in range(2):
         micro = {k: v[2 * i:2 * i + 2] for k, v in batch.items()}
-        loss_fn = lambda p: policy.loss(optim.stop_frozen(p, labels), micro, jax.random.fold_in(rng, i))[0]  # noqa: B023,E731
-        loss, g = jax.value_and_grad(loss_fn)(state.params)
+        loss, g = grad_fn(state.params, micro, jax.random.fold_in(rng, i))
         grads.append(g)
         losses.append(loss)
     mean = jax.tree.map(lambda a, b: (a + b) / 2, *grads)
