@@ -78,7 +78,8 @@ def build_store(out: pathlib.Path, episodes: int) -> pathlib.Path:
     frames.write_shard(split_dir, 0, 1, [key], items())
     info = {k: v for k, v in src.info.items() if k not in ("fingerprint", "num_shards", "num_episodes",
                                                             "num_frames", "shard_episode_starts")}
-    frames.finalize_split(split_dir, 1, dict(info, source="benchmark: demo episodes at 398x224"))
+    frames.finalize_split(split_dir, 1, dict(info, source="benchmark: demo episodes at 398x224"),
+                          identity={"name": "benchmark", "episodes": episodes, "size": list(SOURCE_WH)})
     return root
 
 
