@@ -9,10 +9,10 @@ import pytest
 from jax.sharding import AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from vitra_jax import sharding
+from vitra_jax import optim, sharding
 from vitra_jax.benchmarks.train_step import collectives
 from vitra_jax.models.paligemma import PaliGemma
-from vitra_jax.models.policy import VitraPolicy, fake_batch, policy_config, trainable_mask
+from vitra_jax.models.policy import VitraPolicy, fake_batch, policy_config
 
 POLICY = VitraPolicy(policy_config("tiny"))
 ABSTRACT = jax.eval_shape(POLICY.init, jax.random.key(0))
@@ -94,7 +94,7 @@ def test_size_rule_skips_the_layer_axis_and_odd_shapes():
 
 
 def _plain_adamw():
-    labels = jax.tree.map(lambda t: "train" if t else "frozen", trainable_mask(ABSTRACT, POLICY.cfg))
+    labels = jax.tree.map(lambda g: "frozen" if g == "frozen" else "train", optim.param_labels(ABSTRACT))
     tx = optax.chain(optax.clip_by_global_norm(1.0),
                      optax.multi_transform({"train": optax.adamw(1e-4), "frozen": optax.set_to_zero()}, labels))
     return tx, sum(label == "train" for label in jax.tree.leaves(labels))
@@ -102,7 +102,6 @@ def _plain_adamw():
 
 def _recipe_optimizer():
     from configs.base import optim_config
-    from vitra_jax import optim
 
     labels = optim.param_labels(ABSTRACT, freeze_vision=True)
     return optim.make_optimizer(optim_config(), ABSTRACT), sum(g != optim.FROZEN for g in jax.tree.leaves(labels))

@@ -1,4 +1,3 @@
-import dataclasses
 
 import jax
 import jax.numpy as jnp
@@ -9,7 +8,7 @@ import pytest
 from vitra_jax.handspace.normalize import GaussianNormalizer
 from vitra_jax.models import diffusion
 from vitra_jax.models.policy import (FovEncoder, VitraPolicy, fake_batch, init_cognition_from_embedding,
-                                     policy_config, trainable_mask)
+                                     policy_config)
 from vitra_jax.tokenizer import Tokenizer, train_sentencepiece
 
 CFG = policy_config("tiny")
@@ -110,11 +109,7 @@ def test_ddpm_and_multiple_samples(params, batch):
     assert float(jnp.abs(out[:, 0] - out[:, 1]).max()) > 1e-3  # independent noise per sample
 
 
-def test_trainable_mask_and_cognition_init(params):
-    mask = trainable_mask(params, CFG)
-    assert not any(jax.tree.leaves(mask["vlm"]["img"]))
-    assert all(jax.tree.leaves(mask["vlm"]["llm"])) and all(jax.tree.leaves(mask["action_model"]))
-    assert all(jax.tree.leaves(trainable_mask(params, dataclasses.replace(CFG, freeze_vision=False))))
+def test_cognition_init(params):
     p2 = init_cognition_from_embedding(params)
     np.testing.assert_array_equal(p2["cognition_token"], params["vlm"]["llm"]["embedder"]["input_embedding"][10])
 

@@ -6,9 +6,9 @@ from vitra_jax.models.dit import DiT, DiTConfig
 from vitra_jax.models.gemma2 import Gemma2, Gemma2Config
 from vitra_jax.models.paligemma import PaliGemma, PaliGemmaConfig, PaliGemmaOutput, paligemma_config
 from vitra_jax.models.policy import (PolicyConfig, VitraPolicy, fake_batch, init_cognition_from_embedding,
-                                     policy_config, trainable_mask)
+                                     policy_config)
 from vitra_jax.models.siglip import SiglipConfig, SiglipEncoder
 
 __all__ = ["DiT", "DiTConfig", "Gemma2", "Gemma2Config", "PaliGemma", "PaliGemmaConfig", "PaliGemmaOutput",
            "PolicyConfig", "SiglipConfig", "SiglipEncoder", "VitraPolicy", "diffusion", "fake_batch",
-           "init_cognition_from_embedding", "paligemma_config", "policy_config", "trainable_mask"]
+           "init_cognition_from_embedding", "paligemma_config", "policy_config"]

@@ -115,14 +115,6 @@ def fake_batch(cfg: PolicyConfig, batch_size: int, seed: int = 0) -> dict[str, n
     }
 
 
-def trainable_mask(params: Any, cfg: PolicyConfig) -> Any:
-    """Pytree of bools: False for the vision encoder (params['vlm']['img']) when `cfg.freeze_vision`."""
-    def keep(path, _):
-        keys = [getattr(k, "key", None) for k in path]
-        return not (cfg.freeze_vision and keys[:2] == ["vlm", "img"])
-    return jax.tree_util.tree_map_with_path(keep, params)
-
-
 def init_cognition_from_embedding(params: dict) -> dict:
     """Copy of `params` whose cognition token is embedding row 10, as the release initialises it."""
     row = params["vlm"]["llm"]["embedder"]["input_embedding"][COGNITION_TOKEN_ID]
