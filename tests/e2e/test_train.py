@@ -3,6 +3,7 @@ projector while SigLIP stays bit-identical."""
 
 import jax
 import numpy as np
+import pytest
 from jax.sharding import PartitionSpec as P
 
 from tests.e2e.conftest import debug_config
@@ -55,3 +56,10 @@ def test_debug_run_learns_sharded_and_freezes_siglip(tmp_path, debug_data_dir):
     assert len(log) == 40 and '"val_loss"' in log[19] and '"lr_backbone": 0.0' in log[0]
     assert (tmp_path / "run" / "checkpoints" / "40").is_dir()
     assert list((tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*"))
+
+    # The same workdir with another model shape is refused before anything in it changes.
+    before = sorted(str(p.relative_to(tmp_path)) for p in (tmp_path / "run").rglob("*"))
+    other = debug_config(debug_data_dir, num_steps=41, **{"model.image_size": 64})
+    with pytest.raises(ValueError, match=r"holds a checkpoint of another model \(step 40\): .*pos_embedding"):
+        train.train(other, tmp_path / "run")
+    assert sorted(str(p.relative_to(tmp_path)) for p in (tmp_path / "run").rglob("*")) == before
