@@ -21,6 +21,7 @@ def model_config() -> ml_collections.ConfigDict:
         "dit_remat": False,
         "repeats": 8,                  # noise draws per VLM pass (8 pretraining, 2 robot fine-tuning)
         "freeze_vision": True,         # SigLIP frozen, as the release
+        "qk_norm": "rms",              # DiT q/k norm: 'timm_0_9_10' for official checkpoints (models/dit.py)
     })
 
 

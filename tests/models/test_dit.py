@@ -1,10 +1,12 @@
+import dataclasses
 import math
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
-from vitra_jax.models.dit import DiT, DiTBlock, DiTConfig, timestep_embedding
+from vitra_jax.models.dit import DiT, DiTBlock, DiTConfig, QKNorm, timestep_embedding
 
 CFG = DiTConfig(depth=2, width=32, num_heads=4, action_dim=102, state_dim=102, token_size=24, state_hidden=48,
                 freq_dim=16)
@@ -89,7 +91,6 @@ def test_dit_b_parameter_count_official_layout():
 def test_remat_gives_same_output():
     inp = _inputs()
     params = _random_params(_init(jax.random.key(0), **inp))
-    import dataclasses
     out = jax.jit(lambda p: DiT(dataclasses.replace(CFG, remat=True)).apply(p, **inp))(params)
     np.testing.assert_allclose(out, _apply(params, **inp), atol=1e-6)
 
@@ -105,3 +106,114 @@ def test_initialisation_follows_the_release():
     qkv = np.asarray(p["blocks"]["qkv"]["kernel"])  # (depth, 32, 96)
     want = math.sqrt(2 / (32 + 96))
     assert abs(qkv.std() - want) < 0.1 * want and np.abs(qkv).max() <= math.sqrt(3) * want + 1e-6
+
+
+# ---- q/k norm: true RMS ("rms") or timm 0.9.10's RmsNorm ("timm_0_9_10", the release's) -------------------
+
+CFG_TIMM = dataclasses.replace(CFG, qk_norm="timm_0_9_10")
+
+
+def _timm_0_9_10_norm(x, w, eps=1e-6):
+    """timm 0.9.10 `fast_norm.rms_norm`: x · rsqrt(unbiased variance of x + eps) · w; x is not centred."""
+    return x / np.sqrt(np.var(x, axis=-1, ddof=1, keepdims=True) + eps) * w
+
+
+def _true_rms_norm(x, w, eps=1e-6):
+    return x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + eps) * w
+
+
+def test_qk_norm_timm_0_9_10_formula_and_it_differs_from_rms():
+    rng = np.random.default_rng(0)
+    # head dim 64 as DiT-B; a mean of 1–2σ per head vector, where the two norms differ most
+    x = rng.normal(size=(2, 18, 4, 64)) + rng.uniform(1.0, 2.0, size=(2, 18, 4, 1))
+    w = rng.uniform(0.5, 1.5, size=64)
+    p = {"params": {"scale": jnp.asarray(w, jnp.float32)}}
+    xj = jnp.asarray(x, jnp.float32)
+    timm = np.asarray(QKNorm("timm_0_9_10").apply(p, xj))
+    rms = np.asarray(QKNorm("rms").apply(p, xj))
+    np.testing.assert_allclose(timm, _timm_0_9_10_norm(x, w), rtol=2e-5, atol=2e-6)
+    np.testing.assert_allclose(rms, _true_rms_norm(x, w), rtol=2e-5, atol=2e-6)
+    # timm's output is larger by sqrt(mean(x²) / var(x)) ≈ sqrt(1 + mean²/σ²): ≥ 10 % everywhere here.
+    ratio = np.abs(timm) / np.abs(rms)
+    assert ratio.min() > 1.1, ratio.min()
+    # torch.var (what timm calls) is unbiased by default: the numpy reference is the release's formula.
+    torch = pytest.importorskip("torch")
+    xt = torch.tensor(x)
+    want = (xt * torch.rsqrt(torch.var(xt, dim=-1, keepdim=True) + 1e-6) * torch.tensor(w)).numpy()
+    np.testing.assert_allclose(_timm_0_9_10_norm(x, w), want, rtol=1e-12)
+
+
+def test_unknown_qk_norm_is_refused():
+    with pytest.raises(ValueError, match="unknown qk_norm 'layer'.*'rms', 'timm_0_9_10'"):
+        DiTConfig(qk_norm="layer")
+    with pytest.raises(ValueError, match="unknown qk_norm 'RMS'"):
+        QKNorm("RMS").init(jax.random.key(0), jnp.ones((1, 2, 1, 8)))
+
+
+def _block_params(seed=3):
+    """Random DiTBlock params whose qkv bias gives q and k a clearly non-zero mean over the head dim."""
+    x = jnp.zeros((2, 18, CFG.width))
+    c = jnp.zeros((2, CFG.width))
+    shapes = jax.eval_shape(DiTBlock(CFG).init, jax.random.key(0), x, c)["params"]
+    rng = np.random.default_rng(seed)
+    p = jax.tree.map(lambda l: 0.3 * rng.normal(size=l.shape), shapes)
+    p["qkv"]["bias"] = p["qkv"]["bias"] + 1.0
+    p["q_norm"]["scale"] = rng.uniform(0.5, 1.5, CFG.width // CFG.num_heads)
+    p["k_norm"]["scale"] = rng.uniform(0.5, 1.5, CFG.width // CFG.num_heads)
+    return p
+
+
+def _reference_block(p, x, c, qk_norm):
+    """One DiT block written out in float64: AdaLN-Zero, causal attention with q/k norm, tanh-GELU MLP."""
+    dense = lambda v, name: v @ p[name]["kernel"] + p[name]["bias"]  # noqa: E731
+    ln = lambda v: (v - v.mean(-1, keepdims=True)) / np.sqrt(v.var(-1, keepdims=True) + 1e-6)  # noqa: E731
+    b, t, d = x.shape
+    h = CFG.num_heads
+    k = d // h
+    shift_a, scale_a, gate_a, shift_m, scale_m, gate_m = np.split(dense(c / (1 + np.exp(-c)), "adaLN"), 6, -1)
+    y = ln(x) * (1 + scale_a[:, None]) + shift_a[:, None]
+    qkv = dense(y, "qkv").reshape(b, t, 3, h, k)
+    q = qk_norm(qkv[:, :, 0], p["q_norm"]["scale"])
+    kk = qk_norm(qkv[:, :, 1], p["k_norm"]["scale"])
+    v = qkv[:, :, 2]
+    out = np.zeros((b, t, h, k))
+    for bi in range(b):
+        for hi in range(h):
+            for ti in range(t):  # query ti attends to keys 0..ti
+                s = np.array([q[bi, ti, hi] @ kk[bi, si, hi] for si in range(ti + 1)]) / math.sqrt(k)
+                prob = np.exp(s - s.max())
+                prob /= prob.sum()
+                out[bi, ti, hi] = prob @ v[bi, : ti + 1, hi]
+    x = x + gate_a[:, None] * dense(out.reshape(b, t, d), "proj")
+    y = ln(x) * (1 + scale_m[:, None]) + shift_m[:, None]
+    y = dense(y, "mlp_fc1")
+    y = 0.5 * y * (1 + np.tanh(math.sqrt(2 / math.pi) * (y + 0.044715 * y**3)))
+    return x + gate_m[:, None] * dense(y, "mlp_fc2")
+
+
+@pytest.mark.parametrize("cfg,ref_norm", [(CFG_TIMM, _timm_0_9_10_norm), (CFG, _true_rms_norm)])
+def test_block_matches_written_out_reference(cfg, ref_norm):
+    p = _block_params()
+    rng = np.random.default_rng(4)
+    x, c = rng.normal(size=(2, 18, CFG.width)), rng.normal(size=(2, CFG.width))
+    pj = jax.tree.map(lambda v: jnp.asarray(v, jnp.float32), p)
+    got, _ = jax.jit(DiTBlock(cfg).apply)({"params": pj}, jnp.asarray(x, jnp.float32), jnp.asarray(c, jnp.float32))
+    want = _reference_block(p, x, c, ref_norm)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+    # The other norm would not pass this comparison: the test tells the two apart.
+    other = _true_rms_norm if ref_norm is _timm_0_9_10_norm else _timm_0_9_10_norm
+    assert np.abs(_reference_block(p, x, c, other) - want).max() > 1e-2
+
+
+def test_whole_dit_same_params_either_norm_and_outputs_differ():
+    inp = _inputs()
+    params = _init(jax.random.key(0), **inp)
+    timm_shapes = jax.eval_shape(lambda k: DiT(CFG_TIMM).init(k, **inp), jax.random.key(0))
+    assert jax.tree.map(lambda l: l.shape, timm_shapes) == jax.tree.map(lambda l: l.shape, params)
+    params = _random_params(params)
+    bias = params["params"]["blocks"]["qkv"]["bias"]
+    params["params"]["blocks"]["qkv"]["bias"] = bias + 1.0  # q/k with non-zero mean over the head dim
+    rms = _apply(params, **inp)
+    timm = jax.jit(lambda p: DiT(CFG_TIMM).apply(p, **inp))(params)
+    # float32 noise between two runs of one option is ~1e-6 (test_remat_gives_same_output)
+    assert float(jnp.abs(timm - rms).max()) > 1e-3

@@ -1,12 +1,20 @@
 """Causal DiT action expert of VITRA (§2.4): predicts the diffusion noise of a 16-step action chunk.
 
 Tokens `[z (cognition), s (hand state), a_1 … a_N]` plus learned positions go through AdaLN-Zero blocks
-conditioned on c = z_emb + t_emb; attention is causal (token k sees tokens ≤ k) with RMS-normed queries and
-keys. Embedding the cognition feature substitutes a learned `uncondition` vector where `drop` is set
+conditioned on c = z_emb + t_emb; attention is causal (token k sees tokens ≤ k) with normed queries and keys.
+Embedding the cognition feature substitutes a learned `uncondition` vector where `drop` is set
 (condition dropout in training, the unconditional branch of classifier-free guidance in sampling).
 
 Axis letters: B batch, T tokens (2 + N), N chunk steps, A action dims, S state dims, D width, H heads,
 K head dim.
+
+The q/k norm (`DiTConfig.qk_norm`, reference §9.1): the release builds it from timm's `RmsNorm` and pins
+timm 0.9.10, whose `RmsNorm` divides x by sqrt(unbiased variance of x + 1e-6) (the variance has the mean
+removed, x itself does not); timm made it a true RMS norm only in 1.0.13. "timm_0_9_10" is that formula,
+"rms" the true RMS norm x / sqrt(mean(x²) + 1e-6). Deliberate difference: the default stays "rms", so runs
+trained before the option existed keep their behaviour; the two agree only when q and k have zero mean over
+the head dim. Configs that load or produce official-compatible checkpoints must use "timm_0_9_10". Both
+have one gain vector `scale` per norm, so checkpoints load under either choice.
 """
 
 from __future__ import annotations
@@ -19,6 +27,14 @@ import jax
 import jax.numpy as jnp
 
 from vitra_jax.sharding import sharded_dot_general
+
+
+QK_NORMS = ("rms", "timm_0_9_10")
+
+
+def _check_qk_norm(kind: str) -> None:
+    if kind not in QK_NORMS:
+        raise ValueError(f"unknown qk_norm {kind!r}; choose one of {', '.join(map(repr, QK_NORMS))}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,6 +53,10 @@ class DiTConfig:
     freq_dim: int = 256
     dtype: str = "float32"
     remat: bool = False
+    qk_norm: str = "rms"  # "timm_0_9_10" for official checkpoints (module docstring)
+
+    def __post_init__(self):
+        _check_qk_norm(self.qk_norm)
 
     @property
     def num_tokens(self) -> int:
@@ -63,16 +83,22 @@ def timestep_embedding(t: jax.Array, dim: int, max_period: float = 10000.0) -> j
 
 
 class QKNorm(nn.Module):
-    """RMSNorm over the head dim with a learned gain (init 1)."""
+    """Norm over the head dim with a learned gain (init 1): "rms" divides by sqrt(mean(x²) + eps),
+    "timm_0_9_10" by sqrt(var(x, unbiased) + eps) (module docstring)."""
 
+    kind: str = "rms"
     eps: float = 1e-6
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
+        _check_qk_norm(self.kind)
         scale = self.param("scale", nn.initializers.ones, (x.shape[-1],))
         xf = x.astype(jnp.float32)
-        y = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + self.eps)
-        return (y * scale).astype(x.dtype)
+        if self.kind == "rms":
+            ms = jnp.mean(xf * xf, axis=-1, keepdims=True)
+        else:
+            ms = jnp.var(xf, axis=-1, keepdims=True, ddof=1)
+        return (xf * jax.lax.rsqrt(ms + self.eps) * scale).astype(x.dtype)
 
 
 def _modulate(x: jax.Array, shift: jax.Array, scale: jax.Array) -> jax.Array:
@@ -104,7 +130,7 @@ class DiTBlock(nn.Module):
         y = _modulate(_layer_norm(x), shift_a, scale_a)
         qkv = _dense(3 * d, "qkv", dt)(y).reshape(*y.shape[:2], 3, h, k)
         q, kk, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
-        q, kk = QKNorm(name="q_norm")(q), QKNorm(name="k_norm")(kk)
+        q, kk = QKNorm(cfg.qk_norm, name="q_norm")(q), QKNorm(cfg.qk_norm, name="k_norm")(kk)
         logits = jnp.einsum("BTHK,BSHK->BHTS", q, kk).astype(jnp.float32) / math.sqrt(k)
         n = x.shape[1]
         causal = jnp.tril(jnp.ones((n, n), bool))

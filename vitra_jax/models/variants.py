@@ -14,12 +14,14 @@ from vitra_jax.models.policy import PolicyConfig, policy_config
 
 def from_config(model: Any) -> PolicyConfig:
     """`model` has variant ('tiny' | '3b'), image_size and max_text_len (0 = the variant's), dtype (VLM compute),
-    remat_policy, dit_remat, repeats and freeze_vision. The DiT always computes in fp32, as the release."""
+    remat_policy, dit_remat, repeats, freeze_vision and qk_norm (the DiT's q/k norm, `dit.QK_NORMS`; configs
+    written before it existed mean "rms"). The DiT always computes in fp32, as the release."""
     cfg = policy_config(model.variant)
     vision = cfg.vlm.vision
     if model.image_size:
         vision = dataclasses.replace(vision, image_size=model.image_size)
     vlm = dataclasses.replace(cfg.vlm, vision=vision, dtype=model.dtype, remat_policy=model.remat_policy)
-    return dataclasses.replace(cfg, vlm=vlm, dit=dataclasses.replace(cfg.dit, remat=model.dit_remat),
+    dit = dataclasses.replace(cfg.dit, remat=model.dit_remat, qk_norm=model.get("qk_norm", "rms"))
+    return dataclasses.replace(cfg, vlm=vlm, dit=dit,
                                repeats=model.repeats, freeze_vision=model.freeze_vision,
                                max_text_len=model.max_text_len or cfg.max_text_len)
