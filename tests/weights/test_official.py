@@ -204,8 +204,7 @@ def test_release_config_json_gives_the_3b_policy():
     assert cfg.vlm == three_b.vlm and cfg.repeats == 8 and cfg.freeze_vision
     d = cfg.dit
     assert (d.depth, d.width, d.num_heads, d.chunk_len, d.token_size) == (12, 768, 12, 16, 2304)
-    if hasattr(d, "qk_norm"):
-        assert d.qk_norm == "timm_0_9_10"
+    assert d.qk_norm == "timm_0_9_10"
     robot = official.policy_config_from_official({**release, "loss_type": "robot", "repeated_diffusion_steps": 2})
     assert (robot.wrist_weight, robot.finger_weight, robot.repeats) == (1.6, 0.4, 2)
     with pytest.raises(ValueError, match="use_state must be 'DiT'.*action_model.action_dim must be 192"):
@@ -262,8 +261,11 @@ def _release_dit_forward(sd: dict, z, t, x, mask, state, state_mask, depth: int,
     return lin("final_layer.linear", modulate(norm(h), shift, scale))[:, 2:].numpy()
 
 
-def test_exported_dit_run_as_the_release_runs_it_predicts_our_noise(params):
+@pytest.mark.parametrize("qk_norm", ["timm_0_9_10", "rms"])
+def test_exported_dit_run_as_the_release_runs_it_predicts_our_noise(params, qk_norm):
     from vitra_jax.models.dit import DiT
+
+    dit_cfg = dataclasses.replace(CFG.dit, qk_norm=qk_norm)  # the release's norm, and ours
 
     small = jax.tree.map(lambda a: a * 0.3, params)  # keep activations moderate for a tight tolerance
     sd = official.params_to_official(small, CFG)
@@ -281,10 +283,9 @@ def test_exported_dit_run_as_the_release_runs_it_predicts_our_noise(params):
     state = rng.normal(size=(b, 212)).astype(np.float32)
     state_mask = np.zeros((b, 212), np.float32)
     state_mask[:, :102] = rng.random((b, 102)) > 0.2
-    qk_norm = getattr(CFG.dit, "qk_norm", "rms")
     want = _release_dit_forward(sd, z, t, x, mask, state, state_mask, CFG.dit.depth, CFG.dit.num_heads, qk_norm)
     ours = official.official_to_params(sd, CFG)["action_model"]
-    got = DiT(CFG.dit).apply({"params": ours}, z, t.astype(np.int32), x[..., :102], mask[..., :102],
+    got = DiT(dit_cfg).apply({"params": ours}, z, t.astype(np.int32), x[..., :102], mask[..., :102],
                              state[:, :102], state_mask[:, :102])
     np.testing.assert_allclose(np.asarray(got), want[..., :102], rtol=2e-4, atol=2e-4)
     assert np.abs(want[..., :102]).max() > 0.1  # the comparison is not between near-zero outputs

@@ -350,9 +350,8 @@ def policy_config_from_official(config: Mapping[str, Any], **overrides: Any) -> 
         raise ValueError(f"action_model.token_size {token_size} differs from the VLM width {vlm.llm.width}")
     depth, width, heads = DIT_PRESETS[model_type]
     dit_fields = {"depth": depth, "width": width, "num_heads": heads, "token_size": token_size,
-                  "chunk_len": int(config.get("fwd_pred_next_n", 16))}
-    if "qk_norm" in {f.name for f in dataclasses.fields(DiTConfig)}:
-        dit_fields["qk_norm"] = "timm_0_9_10"  # the release's q/k norm (reference §9.1)
+                  "chunk_len": int(config.get("fwd_pred_next_n", 16)),
+                  "qk_norm": "timm_0_9_10"}  # the release's q/k norm (reference §9.1)
     weights = layout.ROBOT_LOSS_WEIGHTS if loss_type == "robot" else layout.HUMAN_LOSS_WEIGHTS
     freeze = config.get("train_setup", {}).get("freeze_option", "freeze_vision_encoder")
     cfg = PolicyConfig(vlm=vlm, dit=DiTConfig(**dit_fields), repeats=int(config.get("repeated_diffusion_steps", 8)),
