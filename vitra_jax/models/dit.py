@@ -11,9 +11,9 @@ K head dim.
 The q/k norm (`DiTConfig.qk_norm`, reference §9.1): the release builds it from timm's `RmsNorm` and pins
 timm 0.9.10, whose `RmsNorm` divides x by sqrt(unbiased variance of x + 1e-6) (the variance has the mean
 removed, x itself does not); timm made it a true RMS norm only in 1.0.13. "timm_0_9_10" is that formula,
-"rms" the true RMS norm x / sqrt(mean(x²) + 1e-6). Deliberate difference: the default stays "rms", so runs
-trained before the option existed keep their behaviour; the two agree only when q and k have zero mean over
-the head dim. Configs that load or produce official-compatible checkpoints must use "timm_0_9_10". Both
+"rms" the true RMS norm x / sqrt(mean(x²) + 1e-6); they differ most when q and k have a non-zero mean over
+the head dim. Deliberate difference: the default stays "rms", so runs trained before the option existed keep
+their behaviour. Configs that load or produce official-compatible checkpoints must use "timm_0_9_10". Both
 have one gain vector `scale` per norm, so checkpoints load under either choice.
 """
 
