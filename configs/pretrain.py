@@ -10,7 +10,8 @@
 Recipe (vitra_official.md §4): global batch 512; AdamW (0.9, 0.999), weight decay 0.1 on matrices and the
 cognition token; gradient clip 1.0; lr 1e-5 for the whole PaliGemma-2 except SigLIP (Gemma-2, word embeddings,
 multimodal projector), held at 0 for the first 5000 steps, then constant; lr 1e-4 for the DiT, FoV encoder and
-cognition token; SigLIP frozen; 8 noise draws per VLM pass; bf16 VLM compute, fp32 DiT; init from
+cognition token; SigLIP frozen; 8 noise draws per VLM pass; bf16 VLM compute, fp32 DiT with the release's
+q/k norm (timm 0.9.10); init from
 paligemma2-3b-mix-224, cognition token from embedding row 10; data: the VITRA-1M `magic_mix` with
 trajectory-aware augmentation.
 Hardware: 8×H100 80GB (one host; `mesh.fsdp` = devices per host), or a TPU v5p-16 / v4-32 slice
@@ -39,6 +40,7 @@ def get_config(arg: str | None = None):
     c = base_config()
     c.num_steps = 100_000
     c.model.variant = "3b"
+    c.model.qk_norm = "timm_0_9_10"    # the release's DiT q/k norm, so checkpoints stay official-compatible
     c.mesh.update(data=-1, fsdp=8)     # FSDP within an 8-GPU host, data-parallel across hosts
     c.init.paligemma = ""              # set to the paligemma2-3b-mix-224 folder (or big_vision .npz)
     frames = args.get("frames")
