@@ -203,16 +203,6 @@ def test_load_official_layout(tmp_path):
         S.load_official(tmp_path / "bad.json")
 
 
-def test_masked_mean_std_and_fit_normalizer():
-    x = np.array([[1.0, 5.0, 7.0], [3.0, 100.0, 7.0], [5.0, -50.0, 7.0]])
-    m = np.array([[1, 1, 0], [1, 0, 0], [1, 0, 0]])
-    mean, std = S.masked_mean_std(x, m)
-    np.testing.assert_allclose(mean, [3.0, 5.0, 0.0])
-    np.testing.assert_allclose(std, [np.sqrt(8 / 3), 0.0, 1.0])
-    with pytest.raises(ValueError, match="no samples"):
-        S.fit_normalizer([])
-
-
 def test_statistics_of_a_built_hand_vla_split(tmp_path):
     """The CLI path: statistics of the demo build's train split equal the masked moments of the one-step
     targets recomputed from the procedural episodes (demo_002 … demo_007 are train), and are cached."""

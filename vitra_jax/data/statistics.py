@@ -339,28 +339,6 @@ def load_official(path: str | os.PathLike) -> DatasetStatistics:
     return DatasetStatistics(**out, num_frames=num, num_episodes=0)
 
 
-def masked_mean_std(x: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-dimension mean and std of x (..., D) over entries where mask (..., D) is nonzero."""
-    d = x.shape[-1]
-    x = np.asarray(x, np.float64).reshape(-1, d)
-    m = np.asarray(mask, np.float64).reshape(-1, d)
-    n = m.sum(0)
-    mean = np.where(n > 0, (x * m).sum(0) / np.maximum(n, 1), 0.0)
-    var = np.where(n > 0, (((x - mean) ** 2) * m).sum(0) / np.maximum(n, 1), 1.0)
-    return mean, np.sqrt(var)
-
-
-def fit_normalizer(samples: list[dict]) -> GaussianNormalizer:
-    """A `GaussianNormalizer` from samples holding actions/action_mask (N, 102) and state/state_mask (102,)."""
-    if not samples:
-        raise ValueError("no samples to compute normalization statistics from")
-    a_mean, a_std = masked_mean_std(np.stack([s["actions"] for s in samples]),
-                                    np.stack([s["action_mask"] for s in samples]))
-    s_mean, s_std = masked_mean_std(np.stack([s["state"] for s in samples]),
-                                    np.stack([s["state_mask"] for s in samples]))
-    return GaussianNormalizer(a_mean, a_std, s_mean, s_std)
-
-
 def rlds_episodes(dataset_dir: str | os.PathLike, split: str = "train") -> tuple[Iterable[dict], int]:
     """(episodes, count) of a built hand_vla dataset for `compute_statistics` (images are not decoded)."""
     import tensorflow_datasets as tfds
