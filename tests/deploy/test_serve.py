@@ -1,0 +1,261 @@
+"""The policy server: concurrent clients get their own answers, requests are batched, malformed requests get
+a naming error without poisoning a batch, inference failures are answered, shutdown is graceful."""
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+from websockets.sync.client import connect
+
+from vitra_jax.deploy import wire
+from vitra_jax.deploy.client import PolicyClient, PolicyServerError
+from vitra_jax.deploy.serve import serve
+
+N, A, S = 16, 102, 102
+
+
+def expected_actions(obs: dict) -> np.ndarray:
+    """Written-out value the fake policy must return for this observation: (samples, N, A)."""
+    samples = obs.get("num_samples", 1)
+    out = np.empty((samples, N, A))
+    for s in range(samples):
+        for k in range(N):
+            for d in range(A):
+                out[s, k, d] = (float(obs["action_mask"][k, d]) * float(obs["state"][d]) + obs["fov"][0] * k
+                                + float(obs["image"].mean()) + len(obs["instruction"]) + 1000 * s)
+    return out
+
+
+class ArithmeticPolicy:
+    """Deterministic numpy policy: vectorized over the whole batch, records every batch size; an instruction
+    'fail' makes the batch raise, 'slow' makes it sleep."""
+
+    def __init__(self, delay_s: float = 0.01):
+        self.delay_s = delay_s
+        self.batch_sizes: list[int] = []
+        self.started = threading.Event()
+
+    def metadata(self) -> dict:
+        return {"state_dim": S, "action_dim": A, "chunk_len": N, "image_size": 32, "device": "cpu"}
+
+    def predict_batch(self, observations: list[dict]) -> list[dict]:
+        self.batch_sizes.append(len(observations))
+        self.started.set()
+        instr = [o["instruction"] for o in observations]
+        if "fail" in instr:
+            raise RuntimeError("the model broke")
+        time.sleep(self.delay_s + (1.0 if "slow" in instr else 0.0))
+        masks = np.stack([o["action_mask"] for o in observations]).astype(np.float64)
+        states = np.stack([o["state"] for o in observations]).astype(np.float64)
+        shift = np.array([o["image"].mean() + len(o["instruction"]) for o in observations])
+        fov0 = np.array([o["fov"][0] for o in observations], np.float64)
+        base = masks * states[:, None, :] + fov0[:, None, None] * np.arange(N)[None, :, None] + shift[:, None, None]
+        return [{"actions": np.stack([b + 1000 * s for s in range(o.get("num_samples", 1))])}
+                for b, o in zip(base, observations)]
+
+
+class RunningServer:
+    def __init__(self, policy, **kw):
+        self.ready = threading.Event()
+        self.thread = threading.Thread(target=serve, args=(policy, "127.0.0.1", 0),
+                                       kwargs={**kw, "on_ready": self._on_ready}, daemon=True)
+        self.thread.start()
+        assert self.ready.wait(10), "server did not start"
+
+    def _on_ready(self, server):
+        self.server = server
+        self.ready.set()
+
+    @property
+    def port(self) -> int:
+        return self.server.port
+
+    def stop(self):
+        self.server.stop()
+        self.thread.join(10)
+        assert not self.thread.is_alive(), "server did not stop"
+
+
+@pytest.fixture
+def policy():
+    return ArithmeticPolicy()
+
+
+@pytest.fixture
+def running(policy):
+    srv = RunningServer(policy, max_batch=8, batch_wait_ms=10)
+    yield srv
+    if srv.thread.is_alive():
+        srv.stop()
+
+
+def make_obs(rng: np.random.Generator, **overrides) -> dict:
+    obs = {"image": rng.integers(0, 256, (int(rng.integers(8, 40)), int(rng.integers(8, 40)), 3), dtype=np.uint8),
+           "instruction": "Left hand: None. Right hand: " + "x" * int(rng.integers(0, 30)),
+           "state": rng.normal(size=S).astype(np.float32),
+           "state_mask": (rng.random(S) > 0.3).astype(np.float32),
+           "action_mask": rng.random((N, A)) > 0.5,
+           "fov": rng.uniform(0.5, 1.5, 2)}
+    obs.update(overrides)
+    return obs
+
+
+# the malformed kinds mixed into the traffic, with the words their error must contain
+def _wrong_shape(rng):
+    return wire.encode(make_obs(rng, state=np.zeros(S - 1, np.float32))), ["state", "(102,)", "(101,)"]
+
+
+def _missing_key(rng):
+    obs = make_obs(rng)
+    del obs["fov"]
+    return wire.encode(obs), ["missing", "fov"]
+
+
+def _garbage(rng):
+    return b"\xc1\x00garbage", ["msgpack"]
+
+
+def _wrong_dtype(rng):
+    return wire.encode(make_obs(rng, image=np.zeros((8, 8, 3), np.float32))), ["image", "uint8", "float32"]
+
+
+def _bad_instruction(rng):
+    return wire.encode(make_obs(rng, instruction=["not", "a", "string"])), ["instruction", "string"]
+
+
+MALFORMED = [_wrong_shape, _missing_key, _garbage, _wrong_dtype, _bad_instruction]
+
+
+def test_concurrent_clients_get_their_own_answers_in_batches(running, policy):
+    n_clients, per_client = 4, 25
+    outcomes: dict[int, list] = {}
+    errors: list[BaseException] = []
+
+    def client_loop(c: int):
+        rng = np.random.default_rng(c)
+        out = outcomes.setdefault(c, [])
+        try:
+            with PolicyClient("127.0.0.1", running.port, timeout=20) as cl, \
+                    connect(f"ws://127.0.0.1:{running.port}", proxy=None) as raw:
+                wire.decode(raw.recv(10))  # metadata on connect
+                for i in range(per_client):
+                    if (i + c) % 4 == 3:  # 1 in 4 malformed, every kind sent by some client
+                        data, words = MALFORMED[(i // 4 + c) % len(MALFORMED)](rng)
+                        raw.send(data)
+                        out.append(("bad", words, wire.decode(raw.recv(10))))
+                    else:
+                        opts = {"num_samples": int(rng.integers(1, 3))} if i % 2 else {}
+                        obs = make_obs(rng, **opts)
+                        out.append(("ok", obs, cl.infer(obs)))
+        except BaseException as e:  # surfaced in the main thread
+            errors.append(e)
+
+    threads = [threading.Thread(target=client_loop, args=(c,)) for c in range(n_clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert not errors, errors
+    results = [r for c in range(n_clients) for r in outcomes[c]]
+    assert len(results) == n_clients * per_client
+
+    n_ok = n_bad = 0
+    kinds_seen = set()
+    for kind, payload, reply in results:
+        if kind == "ok":
+            n_ok += 1
+            assert "error" not in reply
+            np.testing.assert_allclose(reply["actions"], expected_actions(payload), rtol=1e-12, atol=1e-9)
+            t = reply["timing"]
+            assert t["queue_ms"] >= 0 and t["infer_ms"] > 0 and 1 <= t["batch_size"] <= 8
+        else:
+            n_bad += 1
+            assert set(reply) == {"error", "request_id"}, reply
+            for word in payload:
+                assert word in reply["error"], (word, reply["error"])
+            kinds_seen.add(tuple(payload))
+    assert n_bad == 25 and len(kinds_seen) == len(MALFORMED)
+    # every valid request went through predict_batch exactly once, no malformed one did, and they were batched
+    assert sum(policy.batch_sizes) == n_ok
+    assert max(policy.batch_sizes) > 1, policy.batch_sizes
+
+    with PolicyClient("127.0.0.1", running.port) as cl:
+        health = cl.health()
+    assert health["status"] == "ok"
+    assert (health["requests"], health["replies"], health["invalid_requests"]) == (100, n_ok, n_bad)
+    assert health["batches"] == len(policy.batch_sizes) and health["max_batch_seen"] == max(policy.batch_sizes)
+    assert health["inference_errors"] == 0
+
+
+def test_client_sees_metadata_and_request_errors(running):
+    rng = np.random.default_rng(5)
+    with PolicyClient("127.0.0.1", running.port) as cl:
+        assert cl.metadata["chunk_len"] == N and cl.server_info["max_batch"] == 8
+        with pytest.raises(PolicyServerError, match=r"action_mask must have shape \(16, 102\), got \(16, 51\)"):
+            cl.infer(make_obs(rng, action_mask=np.ones((N, 51), bool)))
+        with pytest.raises(PolicyServerError, match="state contains non-finite values"):
+            cl.infer(make_obs(rng, state=np.full(S, np.nan, np.float32)))
+        with pytest.raises(PolicyServerError, match=r"num_samples must be an integer in \[1, 64\], got 0"):
+            cl.infer(make_obs(rng, num_samples=0))
+        with pytest.raises(PolicyServerError, match=r"unknown key\(s\) \['instrucion'\]"):
+            cl.infer({**make_obs(rng), "instrucion": "typo"})
+        obs = make_obs(rng)
+        np.testing.assert_allclose(cl.infer(obs)["actions"], expected_actions(obs), rtol=1e-12, atol=1e-9)
+
+
+def test_text_frame_is_answered_with_an_error(running):
+    with connect(f"ws://127.0.0.1:{running.port}", proxy=None) as raw:
+        hello = wire.decode(raw.recv(10))
+        assert hello["metadata"]["state_dim"] == S and hello["server"]["protocol"] == 1
+        raw.send("{\"image\": 1}")
+        assert "binary msgpack" in wire.decode(raw.recv(10))["error"]
+
+
+def test_inference_failure_is_answered_and_server_stays_up(running, policy):
+    rng = np.random.default_rng(1)
+    with PolicyClient("127.0.0.1", running.port) as cl:
+        with pytest.raises(PolicyServerError, match="inference failed: RuntimeError: the model broke"):
+            cl.infer(make_obs(rng, instruction="fail"))
+        obs = make_obs(rng)
+        np.testing.assert_allclose(cl.infer(obs)["actions"], expected_actions(obs), rtol=1e-12, atol=1e-9)
+        health = cl.health()
+    assert health["inference_errors"] == 1 and health["replies"] == 1
+
+
+def test_stop_answers_the_request_in_flight_then_closes(running, policy):
+    rng = np.random.default_rng(2)
+    obs = make_obs(rng, instruction="slow")
+    replies = []
+    with PolicyClient("127.0.0.1", running.port) as cl:
+        t = threading.Thread(target=lambda: replies.append(cl.infer(obs)))
+        t.start()
+        assert policy.started.wait(10)
+        running.stop()  # returns once the server has answered, closed connections and exited
+        t.join(10)
+    np.testing.assert_allclose(replies[0]["actions"], expected_actions(obs), rtol=1e-12, atol=1e-9)
+    with pytest.raises(OSError):
+        PolicyClient("127.0.0.1", running.port, timeout=2)
+
+
+def test_sigterm_shuts_the_server_down_cleanly():
+    code = ("import sys; sys.path.insert(0, 'tests/deploy'); from test_serve import ArithmeticPolicy;"
+            "from vitra_jax.deploy.serve import serve;"
+            "serve(ArithmeticPolicy(), '127.0.0.1', 0, on_ready=lambda s: print(s.port, flush=True))")
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=repo, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        port = int(proc.stdout.readline())
+        with PolicyClient("127.0.0.1", port) as cl:
+            obs = make_obs(np.random.default_rng(3))
+            np.testing.assert_allclose(cl.infer(obs)["actions"], expected_actions(obs), rtol=1e-12, atol=1e-9)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=20)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err
