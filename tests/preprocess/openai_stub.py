@@ -122,6 +122,7 @@ class OpenAIStub:
         self.answer = answer
         self.script = list(script)
         self.requests: list[dict] = []  # bodies of every request received, in order
+        self.headers: list[dict] = []  # their HTTP headers
         self.errors: list[str] = []  # problems found in malformed requests
         self.tokens_in = 0
         self.tokens_out = 0
@@ -142,7 +143,7 @@ class OpenAIStub:
     def __enter__(self) -> OpenAIStub:
         self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
         self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.01,), daemon=True)
         self._thread.start()
         return self
 
@@ -165,6 +166,7 @@ class OpenAIStub:
         """(status, extra headers, json payload) for one request; thread-safe."""
         with self._lock:
             self.requests.append(body)
+            self.headers.append({k.lower(): v for k, v in headers.items()})  # names lower-cased
             problems = request_problems(body, headers)
             if problems:
                 self.errors.extend(problems)
