@@ -24,6 +24,7 @@ import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 
 from vitra_jax import checkpoint as ckpt_lib  # noqa: E402
+from vitra_jax import inference  # noqa: E402
 from vitra_jax import viz  # noqa: E402
 from vitra_jax.handspace import layout, trajectory  # noqa: E402
 from vitra_jax.models import policy as policy_lib  # noqa: E402
@@ -79,9 +80,9 @@ def evaluate(workdir: str | os.PathLike, pictures: tuple[int, ...] = (0, 4, 8), 
     for s in pipeline.samples(config.data.val_split):
         if not s["action_mask"].any():
             continue
-        pred = policy.predict_action(params, s["image"], s["instruction"], s["state"], s["state_mask"],
-                                     s["action_mask"], s["fov"], pipeline.tokenizer, pipeline.normalizer,
-                                     num_samples=num_samples, rng=jax.random.PRNGKey(seed + s["t"]))
+        pred = inference.predict_action(policy, params, s["image"], s["instruction"], s["state"], s["state_mask"],
+                                        s["action_mask"], s["fov"], pipeline.tokenizer, pipeline.normalizer,
+                                        num_samples=num_samples, rng=jax.random.PRNGKey(seed + s["t"]))
         truth = trajectory.integrate_actions(s["state"], s["actions"])
         hand_mask = s["action_mask"][:, [0, layout.HAND_DIM]]
         model_err += final_wrist_error(pred["trajectory"].mean(0), truth, hand_mask)

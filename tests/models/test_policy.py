@@ -8,6 +8,7 @@ import optax
 import pytest
 from scipy.spatial.transform import Rotation
 
+from vitra_jax import inference
 from vitra_jax.handspace.normalize import GaussianNormalizer
 from vitra_jax.handspace.trajectory import integrate_actions
 from vitra_jax.models import diffusion
@@ -206,18 +207,19 @@ def test_predict_action(params, observation):
     o = observation
     tok, norm, image, state, state_mask, action_mask = (o[k] for k in ("tokenizer", "normalizer", "image", "state",
                                                                          "state_mask", "action_mask"))
-    args = (params, image, o["instruction"], state, state_mask, action_mask, o["fov"], tok, norm)
-    out = POLICY.predict_action(*args, num_samples=2)
+    args = (POLICY, params, image, o["instruction"], state, state_mask, action_mask, o["fov"], tok, norm)
+    out = inference.predict_action(*args, num_samples=2)
     assert out["normalized"].shape == (2, 16, 102) and out["trajectory"].shape == (2, 17, 102)
     np.testing.assert_allclose(out["actions"], norm.unnormalize_action(out["normalized"]) * action_mask)
     np.testing.assert_array_equal(out["normalized"][..., :51], 0.0)
     np.testing.assert_allclose(out["trajectory"][:, 0], np.broadcast_to(state, (2, 102)))
-    obs = POLICY.prepare_observation(image, o["instruction"], state, state_mask, action_mask, np.zeros(2), tok, norm)
+    obs = inference.prepare_observation(CFG, image, o["instruction"], state, state_mask, action_mask, np.zeros(2),
+                                        tok, norm)
     np.testing.assert_allclose(obs["state"][0], norm.normalize_state(state) * state_mask, rtol=1e-6)
     assert obs["images"].shape == (1, CFG.vlm.image_size, CFG.vlm.image_size, 3)
     assert obs["images"].min() >= -1 and obs["images"].max() <= 1
     with pytest.raises(ValueError, match="state must have shape"):
-        POLICY.predict_action(params, image, o["instruction"], state[:50], *args[4:])
+        inference.predict_action(POLICY, params, image, o["instruction"], state[:50], *args[5:])
 
 
 def test_predict_action_trajectory_integrates_its_unnormalized_actions(params, observation):
@@ -225,8 +227,8 @@ def test_predict_action_trajectory_integrates_its_unnormalized_actions(params, o
     state: positions add Δt, orientations compose R_{k+1} = R_Δ · R_k (scipy Euler 'xyz'), fingers are θ."""
     o = observation
     norm, state, mask = o["normalizer"], o["state"], o["action_mask"]
-    out = POLICY.predict_action(params, o["image"], o["instruction"], state, o["state_mask"], mask, o["fov"],
-                                o["tokenizer"], norm, num_samples=2, rng=jax.random.key(5))
+    out = inference.predict_action(POLICY, params, o["image"], o["instruction"], state, o["state_mask"], mask,
+                                   o["fov"], o["tokenizer"], norm, num_samples=2, rng=jax.random.key(5))
     want = (out["normalized"] * (norm.action_std + 1e-7) + norm.action_mean) * mask
     np.testing.assert_allclose(out["actions"], want, rtol=1e-12, atol=1e-12)
     assert np.abs(out["actions"][..., 51:]).min() > 0 and np.all(out["actions"][..., :51] == 0)

@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vitra_jax import inference
 from vitra_jax.handspace import layout
 from vitra_jax.handspace.normalize import GaussianNormalizer
 from vitra_jax.models.policy import VitraPolicy, policy_config
@@ -62,16 +63,17 @@ def main(_):
     action_mask, fov = np.ones((cfg.dit.chunk_len, cfg.dit.action_dim)), np.deg2rad([60.0, 60.0])
     kw = dict(num_samples=_SAMPLES.value, cfg_scale=_CFG.value, num_ddim_steps=_STEPS.value)
 
-    obs = policy.prepare_observation(image, INSTRUCTION, state, state_mask, action_mask, fov, tok, norm)
+    obs = inference.prepare_observation(cfg, image, INSTRUCTION, state, state_mask, action_mask, fov, tok, norm)
     obs = {k: jnp.asarray(v) for k, v in obs.items()}
     key = jax.random.key(1)
-    z = policy._jit_cognition(params, obs["images"], obs["tokens"], obs["input_mask"], obs["fov"])
-    prefix = _median_ms(lambda: policy._jit_cognition(params, obs["images"], obs["tokens"], obs["input_mask"],
-                                                      obs["fov"]).block_until_ready(), _REPEATS.value)
-    loop = _median_ms(lambda: policy._jit_denoise(params, z, obs["state"], obs["state_mask"], obs["action_mask"],
-                                                  key, **kw).block_until_ready(), _REPEATS.value)
-    total = _median_ms(lambda: policy.predict_action(params, image, INSTRUCTION, state, state_mask, action_mask,
-                                                     fov, tok, norm, rng=key, **kw), _REPEATS.value)
+    cognition, denoise = inference.jitted(policy)
+    z = cognition(params, obs["images"], obs["tokens"], obs["input_mask"], obs["fov"])
+    prefix = _median_ms(lambda: cognition(params, obs["images"], obs["tokens"], obs["input_mask"],
+                                          obs["fov"]).block_until_ready(), _REPEATS.value)
+    loop = _median_ms(lambda: denoise(params, z, obs["state"], obs["state_mask"], obs["action_mask"],
+                                      key, **kw).block_until_ready(), _REPEATS.value)
+    total = _median_ms(lambda: inference.predict_action(policy, params, image, INSTRUCTION, state, state_mask,
+                                                        action_mask, fov, tok, norm, rng=key, **kw), _REPEATS.value)
     n_params = sum(x.size for x in jax.tree.leaves(params))
     print(f"device={jax.devices()[0].device_kind} variant={_VARIANT.value} dtype={dt} params={n_params / 1e6:.1f}M "
           f"ddim_steps={_STEPS.value} cfg_scale={_CFG.value} samples={_SAMPLES.value}")

@@ -3,8 +3,8 @@
 `VitraPolicy(config)` holds pure functions over a param tree
 `{'vlm': PaliGemma tree, 'fov_encoder': ..., 'cognition_token': (W,), 'action_model': DiT tree}`:
 `init`, `cognition` (one VLM pass), `loss` (R noise draws per VLM pass, §2.5), `denoise` (DDIM/DDPM with
-classifier-free guidance inside one `lax.fori_loop`), `sample` (both) and `predict_action` (one observation,
-numpy in and out). Batches are dicts of arrays; `fake_batch` makes one of the right shapes.
+classifier-free guidance inside one `lax.fori_loop`) and `sample` (both). Batches are dicts of arrays;
+`fake_batch` makes one of the right shapes. Host-side inference on raw observations is `vitra_jax.inference`.
 """
 
 from __future__ import annotations
@@ -17,9 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vitra_jax.data import observation
 from vitra_jax.handspace import layout
-from vitra_jax.handspace.trajectory import integrate_actions
 from vitra_jax.models import diffusion
 from vitra_jax.models.dit import DiT, DiTConfig
 from vitra_jax.models.paligemma import PaliGemma, PaliGemmaConfig, paligemma_config
@@ -129,9 +127,6 @@ class VitraPolicy:
         self.model = VitraModel(cfg)
         self.dit = DiT(cfg.dit)
         self.schedule = diffusion.cosine_schedule(cfg.num_train_steps)
-        self._jit_cognition = jax.jit(self.cognition)
-        self._jit_denoise = jax.jit(self.denoise, static_argnames=("num_samples", "cfg_scale", "num_ddim_steps",
-                                                                     "use_ddim"))
 
     def init(self, rng: jax.Array, batch_size: int = 1) -> dict:
         b = fake_batch(self.cfg, batch_size)
@@ -217,43 +212,3 @@ class VitraPolicy:
         """VLM prefix once, then `denoise` (keyword arguments as there)."""
         z = self.cognition(params, batch["images"], batch["tokens"], batch["input_mask"], batch["fov"])
         return self.denoise(params, z, batch["state"], batch["state_mask"], batch["action_mask"], rng, **kwargs)
-
-    def prepare_observation(self, image: np.ndarray, instruction: str, state: np.ndarray,
-                            state_mask: np.ndarray, action_mask: np.ndarray, fov: np.ndarray,
-                            tokenizer: Any, normalizer: Any) -> dict[str, np.ndarray]:
-        """One observation as a batch of 1: image squashed to the VLM size in [-1, 1]; state normalized then
-        masked (§2.7)."""
-        n, a = self.cfg.dit.chunk_len, self.cfg.dit.action_dim
-        checks = {"state": (state, (layout.STATE_DIM,)), "state_mask": (state_mask, (layout.STATE_DIM,)),
-                  "action_mask": (action_mask, (n, a)), "fov": (fov, (2,))}
-        for name, (v, shape) in checks.items():
-            if np.shape(v) != shape:
-                raise ValueError(f"{name} must have shape {shape}, got {np.shape(v)}")
-        # the training loader prepares its batches with the same helpers (bicubic squash, normalize then mask)
-        img = observation.model_image(image, self.cfg.vlm.image_size)
-        tokens, mask = tokenizer.batch_encode([instruction], self.cfg.max_text_len)
-        sm = np.asarray(state_mask, np.float32)
-        norm_state = observation.normalized_state(normalizer, state, sm)
-        return {"images": img[None], "tokens": np.asarray(tokens, np.int32), "input_mask": np.asarray(mask, bool),
-                "fov": np.asarray(fov, np.float32)[None], "state": norm_state[None], "state_mask": sm[None],
-                "action_mask": np.asarray(action_mask, np.float32)[None]}
-
-    def predict_action(self, params: dict, image: np.ndarray, instruction: str, state: np.ndarray,
-                       state_mask: np.ndarray, action_mask: np.ndarray, fov: np.ndarray, tokenizer: Any,
-                       normalizer: Any, num_samples: int = 1, cfg_scale: float = 5.0, num_ddim_steps: int = 10,
-                       use_ddim: bool = True, rng: jax.Array | None = None,
-                       noise: np.ndarray | None = None) -> dict[str, np.ndarray]:
-        """Action chunks for one observation: normalized (S, N, A), unnormalized actions (S, N, A) and the
-        trajectory (S, N+1, 102) integrated from the (raw) state."""
-        b = self.prepare_observation(image, instruction, state, state_mask, action_mask, fov, tokenizer,
-                                     normalizer)
-        rng = jax.random.key(0) if rng is None else rng
-        z = self._jit_cognition(params, b["images"], b["tokens"], b["input_mask"], b["fov"])
-        out = self._jit_denoise(params, z, b["state"], b["state_mask"], b["action_mask"], rng,
-                                noise=None if noise is None else jnp.asarray(noise, jnp.float32),
-                                num_samples=num_samples, cfg_scale=float(cfg_scale),
-                                num_ddim_steps=num_ddim_steps, use_ddim=use_ddim)
-        normalized = np.asarray(out[0], np.float64)
-        actions = normalizer.unnormalize_action(normalized[..., :layout.ACTION_DIM]) * action_mask
-        traj = np.stack([integrate_actions(np.asarray(state, np.float64), act) for act in actions])
-        return {"normalized": normalized, "actions": actions, "trajectory": traj}
