@@ -61,6 +61,7 @@ def _random_intervals(rng, n_frames):
     cuts = np.sort(rng.choice(np.arange(1, n_frames), size=int(rng.integers(1, 8)), replace=False))
     bounds = np.concatenate([[0], cuts, [n_frames]])
     keep = rng.random(len(bounds) - 1) > 0.2  # some background gaps
+    keep[rng.integers(len(keep))] = True  # MS-TCN's argmax needs one ground-truth segment
     return [(int(a), int(b)) for a, b, k in zip(bounds[:-1], bounds[1:], keep) if k]
 
 
