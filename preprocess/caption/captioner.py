@@ -10,10 +10,12 @@ OpenAI-compatible server works (vLLM, Ollama) through `base_url`.
   limits (honouring retry-after), 408/409/5xx, connection errors and timeouts, and on output that does not
   parse. Other HTTP errors (bad request, auth) are not retried. What still fails raises `CaptionError`,
   whose `reason` the runner records for the segment.
-- Rate limit: `rate_limit_rpm` requests per minute per process, shared by every captioner of this process
-  with the same endpoint and model (`ratelimit.shared_rate_limiter`).
+- Rate limit: `rate_limit_rpm` requests per minute *per process*, shared by every captioner (and thread) of
+  this process with the same endpoint and model (`ratelimit.shared_rate_limiter`); with several worker
+  processes give each its share.
 - Cache: answers are stored under `cache_dir`, keyed by sha256 of model, prompt version, prompt texts, hand
   and image bytes, so a rerun makes no API call.
+- `Caption.model` is the model name the server reports (e.g. a dated snapshot of `model`).
 - Accounting: `usage` totals requests, cache hits and tokens (failed parses included: they are billed);
   `cost_usd` prices them per 1M tokens, GPT-4.1 list prices by default (pass your model's prices).
 The API key is read from the environment variable named by `api_key_env` and never logged.
@@ -47,6 +49,7 @@ NOT_APPLICABLE = "N/A"
 JPEG_QUALITY = 90
 MAX_IMAGE_SIDE = 512  # `detail: low` images are seen at 512 px at most; larger ones only cost upload time
 RETRYABLE_STATUS = (408, 409, 429)  # and every status >= 500
+MAX_RETRY_AFTER_S = 600.0
 # USD per 1M tokens, GPT-4.1 list prices (2025-04); other models or servers: pass their own.
 PRICE_IN_PER_M = 2.00
 PRICE_OUT_PER_M = 8.00
@@ -210,16 +213,17 @@ class OpenAICaptioner:
         return Caption(**record, text=text, model=model, tokens_in=tokens_in, tokens_out=tokens_out)
 
     def _backoff(self, attempt: int, error: Exception) -> float:
+        """Exponential backoff with jitter, or longer when the server asks (retry-after, up to 10 min)."""
         wait = min(self.backoff_s * 2**attempt, self.max_backoff_s) * random.uniform(0.75, 1.0)
         headers = getattr(getattr(error, "response", None), "headers", None) or {}
         try:
             if "retry-after-ms" in headers:
-                wait = max(wait, float(headers["retry-after-ms"]) / 1000)
-            elif "retry-after" in headers:
-                wait = max(wait, float(headers["retry-after"]))
+                asked = float(headers["retry-after-ms"]) / 1000
+            else:
+                asked = float(headers.get("retry-after", 0))
         except ValueError:  # an HTTP-date retry-after: keep our own backoff
-            pass
-        return min(wait, self.max_backoff_s)
+            asked = 0.0
+        return max(wait, min(asked, MAX_RETRY_AFTER_S))
 
     def _ask(self, messages: list[dict]) -> tuple[str | None, str, int, int]:
         """(text, model, tokens in, tokens out summed over attempts) with retries; raises CaptionError."""
@@ -247,7 +251,9 @@ class OpenAICaptioner:
                 detail = f"cannot reach {self.base_url or 'the default OpenAI endpoint'}: {e}"
             except openai.APIStatusError as e:
                 if e.status_code not in RETRYABLE_STATUS and e.status_code < 500:
-                    raise CaptionError("api_error", f"HTTP {e.status_code} from {self.model}: {e.message}") from e
+                    hint = (f" (is base_url {self.base_url!r} right? it usually ends in /v1)"
+                            if e.status_code == 404 else "")
+                    raise CaptionError("api_error", f"HTTP {e.status_code} from {self.model}: {e.message}{hint}") from e
                 reason = "rate_limited" if e.status_code == 429 else "server_error"
                 error, detail = e, f"HTTP {e.status_code}: {e.message}"
             except _Unparsable as e:

@@ -41,7 +41,8 @@ def make(stub, tmp_path=None, **kw):
     kw.setdefault("rate_limiter", RateLimiter(1e9))
     kw.setdefault("client_max_retries", 0)
     kw.setdefault("sleep", Sleeps())
-    return cap.OpenAICaptioner(base_url=stub.base_url, model="gpt-4.1", api_key_env=KEY_ENV,
+    kw.setdefault("model", "gpt-4.1")
+    return cap.OpenAICaptioner(base_url=stub.base_url, api_key_env=KEY_ENV,
                                cache_dir=None if tmp_path is None else tmp_path / "cache", **kw)
 
 
@@ -130,6 +131,15 @@ def test_client_errors_are_not_retried():
     assert info.value.reason == "api_error" and stub.count == 1
 
 
+def test_wrong_base_url_path_names_base_url():
+    with OpenAIStub() as stub:
+        c = cap.OpenAICaptioner(base_url=stub.base_url.removesuffix("/v1"), api_key_env=KEY_ENV,
+                                rate_limiter=RateLimiter(1e9), client_max_retries=0, sleep=Sleeps())
+        with pytest.raises(cap.CaptionError, match="HTTP 404.*base_url") as info:
+            c.caption(frames(), "right", SEGMENT)
+    assert info.value.reason == "api_error"
+
+
 def test_unreachable_server_is_a_connection_error():
     with socket.socket() as s:  # a port nobody listens on once closed
         s.bind(("127.0.0.1", 0))
@@ -150,11 +160,16 @@ def test_cache_makes_the_rerun_free(tmp_path):
         other_hand = make(stub, tmp_path).caption(imgs, "left", SEGMENT)
         other_images = make(stub, tmp_path).caption(frames(seed=1), "right", SEGMENT)
         assert stub.count == 3
+        make(stub, tmp_path, model="gpt-4.1-mini").caption(imgs, "right", SEGMENT)
+        edited = make(stub, tmp_path)
+        edited.user_prompt += "\nBe brief."
+        edited.caption(imgs, "right", SEGMENT)
+        assert stub.count == 5  # another model or prompt text is another key
     assert first.text == again.text == other_images.text == "Pick up the cup." and not first.cached
     assert other_hand.text == "Wipe the table."
     assert again.cached and again.tokens_in == again.tokens_out == 0 and again.model == "gpt-4.1"
     entries = sorted(p.name for p in (tmp_path / "cache").rglob("*") if p.is_file())
-    assert len(entries) == 3 and all(e.endswith(".json") and not e.startswith(".") for e in entries)
+    assert len(entries) == 5 and all(e.endswith(".json") and not e.startswith(".") for e in entries)
 
 
 def test_na_answers_are_cached_too(tmp_path):
@@ -177,6 +192,32 @@ def test_token_accounting_sums_the_servers_usage(tmp_path):
     assert outs[0].tokens_out == 24  # the malformed first answer is billed to its caption too
     assert c.cost_usd() == pytest.approx(tokens_in * 2.0e-6 + tokens_out * 8.0e-6)
     assert cap.Usage(tokens_in=1_000_000, tokens_out=1_000_000).cost_usd() == pytest.approx(10.0)  # GPT-4.1
+
+
+def test_long_retry_after_is_honoured_beyond_our_backoff_cap():
+    sleeps = Sleeps()
+    with OpenAIStub(script=[Reply(status=429, headers=(("retry-after", "90"),))]) as stub:
+        make(stub, sleep=sleeps, backoff_s=0.1, max_backoff_s=30).caption(frames(), "right", SEGMENT)
+    assert sleeps == [90.0] and stub.count == 2
+
+
+def test_threads_share_one_captioner(tmp_path):
+    c = None
+    results = {}
+
+    def work(i):
+        results[i] = c.caption(frames(seed=i, n=2), "right", SEGMENT)
+
+    with OpenAIStub(answer=lambda prompt: "Pick up the cup.") as stub:
+        c = make(stub, tmp_path)
+        threads = [threading.Thread(target=work, args=(i,)) for i in range(12)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert stub.count == 12 and stub.errors == []
+        assert (c.usage.requests, c.usage.tokens_in, c.usage.tokens_out) == (12, stub.tokens_in, stub.tokens_out)
+    assert all(r.text == "Pick up the cup." for r in results.values()) and len(results) == 12
 
 
 def test_rate_limiter_spacing_with_a_fake_clock():
