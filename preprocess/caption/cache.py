@@ -37,9 +37,10 @@ class ResponseCache:
     def get(self, key: str) -> dict | None:
         """The stored entry, or None when absent (an unreadable entry counts as absent)."""
         try:
-            return json.loads(self._path(key).read_text())
+            entry = json.loads(self._path(key).read_text())
         except (OSError, ValueError):
             return None
+        return entry if isinstance(entry, dict) else None
 
     def put(self, key: str, entry: dict) -> None:
         path = self._path(key)

@@ -199,11 +199,15 @@ class OpenAICaptioner:
             raise ValueError(f"hand must be one of {HANDS}, got {hand!r}")
         if not frames_with_overlay:
             raise ValueError("no frames to caption")
+        for t, img in frames_with_overlay:
+            if np.ndim(img) != 3 or np.shape(img)[-1] != 3 or np.asarray(img).dtype != np.uint8:
+                raise ValueError(f"frame {t}: expected an (H, W, 3) uint8 RGB image, got {np.shape(img)} "
+                                 f"{np.asarray(img).dtype}")
         images = [encode_jpeg(np.asarray(img)) for _, img in frames_with_overlay]
         key = cache_key(self.model, self.prompt_version, self.system_prompt, self.user_prompt, hand, *images)
         record = dict(hand=hand, start=segment.start, stop=segment.stop, prompt_version=self.prompt_version)
         hit = self.cache.get(key) if self.cache is not None else None
-        if hit is not None:
+        if hit is not None and {"text", "model"} <= hit.keys():  # else: an entry of another layout, redo it
             with self._lock:
                 self.usage.cache_hits += 1
             return Caption(**record, text=hit["text"], model=hit["model"], cached=True)

@@ -57,6 +57,21 @@ def line_width(height: int, width: int) -> int:
     return max(2, round(min(height, width) / 120))
 
 
+def clip_segment(a: np.ndarray, b: np.ndarray, lo: float, hi_x: float, hi_y: float):
+    """The part of segment a→b inside the box [lo, hi_x] × [lo, hi_y] (Liang–Barsky), or None."""
+    d = b - a
+    t0, t1 = 0.0, 1.0
+    for p, q in ((-d[0], a[0] - lo), (d[0], hi_x - a[0]), (-d[1], a[1] - lo), (d[1], hi_y - a[1])):
+        if p == 0:
+            if q < 0:
+                return None
+        elif p < 0:
+            t0 = max(t0, q / p)
+        else:
+            t1 = min(t1, q / p)
+    return (a + t0 * d, a + t1 * d) if t0 <= t1 else None
+
+
 def draw_path(image: np.ndarray, uv: np.ndarray, valid: np.ndarray, *, alpha: float = ALPHA) -> np.ndarray:
     """A copy of `image` with the path drawn: consecutive drawable points joined, a gap where a point is
     not drawable, and a blue dot on the first point when it is drawable. Pixels off the drawing are unchanged."""
@@ -64,18 +79,21 @@ def draw_path(image: np.ndarray, uv: np.ndarray, valid: np.ndarray, *, alpha: fl
     thick = line_width(h, w)
     layer = np.ascontiguousarray(image).copy()
     mask = np.zeros((h, w), np.uint8)
-    pts = np.round(uv * 16).astype(np.int64)  # 4 bits of sub-pixel precision for cv2
-    limit = 16 * 4 * max(h, w)  # keep far off-screen points in cv2's integer range
+    margin = 4 * thick  # segments are clipped just outside the image, keeping cv2's fixed-point ints small
     n = len(uv)
+
+    def fixed(p):  # 4 bits of sub-pixel precision (shift=4)
+        return tuple(int(v) for v in np.round(np.asarray(p) * 16))
+
     for i in range(n - 1):
-        if not (valid[i] and valid[i + 1]) or np.abs(pts[i:i + 2]).max() > limit:
+        part = clip_segment(uv[i], uv[i + 1], -margin, w + margin, h + margin) if valid[i] and valid[i + 1] else None
+        if part is None:
             continue
         colour = ramp_colour(i / max(n - 2, 1))
-        a, b = tuple(int(v) for v in pts[i]), tuple(int(v) for v in pts[i + 1])
-        cv2.line(layer, a, b, colour, thick, cv2.LINE_AA, shift=4)
-        cv2.line(mask, a, b, 255, thick, cv2.LINE_AA, shift=4)
-    if n and valid[0] and np.abs(pts[0]).max() <= limit:
-        centre = tuple(int(v) for v in pts[0])
+        cv2.line(layer, fixed(part[0]), fixed(part[1]), colour, thick, cv2.LINE_AA, shift=4)
+        cv2.line(mask, fixed(part[0]), fixed(part[1]), 255, thick, cv2.LINE_AA, shift=4)
+    if n and valid[0] and np.all(np.abs(uv[0]) < 4 * max(h, w)):
+        centre = fixed(uv[0])
         cv2.circle(layer, centre, 16 * (thick + 2), (0, 0, 255), -1, cv2.LINE_AA, shift=4)
         cv2.circle(mask, centre, 16 * (thick + 2), 255, -1, cv2.LINE_AA, shift=4)
     weight = (alpha * mask.astype(np.float64) / 255.0)[..., None]

@@ -172,6 +172,18 @@ def test_cache_makes_the_rerun_free(tmp_path):
     assert len(entries) == 5 and all(e.endswith(".json") and not e.startswith(".") for e in entries)
 
 
+def test_damaged_cache_entries_are_asked_again(tmp_path):
+    with OpenAIStub() as stub:
+        make(stub, tmp_path).caption(frames(), "right", SEGMENT)
+        (entry,) = [p for p in (tmp_path / "cache").rglob("*.json")]
+        entry.write_text('{"text": "Pick')  # cut short
+        assert not make(stub, tmp_path).caption(frames(), "right", SEGMENT).cached
+        entry.write_text("[]")
+        assert not make(stub, tmp_path).caption(frames(), "right", SEGMENT).cached
+        assert make(stub, tmp_path).caption(frames(), "right", SEGMENT).cached  # rewritten whole
+    assert stub.count == 3
+
+
 def test_na_answers_are_cached_too(tmp_path):
     with OpenAIStub(answer="N/A") as stub:
         a = make(stub, tmp_path).caption(frames(), "left", SEGMENT)
@@ -270,6 +282,8 @@ def test_configuration_errors(monkeypatch):
     assert KEY not in repr(c)
     with pytest.raises(ValueError, match="hand"):
         c.caption(frames(), "both", SEGMENT)
+    with pytest.raises(ValueError, match="frame 5: expected an"):
+        c.caption([(5, np.zeros((4, 4, 3)))], "left", SEGMENT)
 
 
 def test_pickled_captioner_works_in_another_worker(tmp_path):

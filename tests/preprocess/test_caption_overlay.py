@@ -140,6 +140,15 @@ def test_points_behind_the_camera_are_not_drawn():
     assert not image.any()
 
 
+def test_a_segment_to_a_far_point_is_drawn_up_to_the_edge():
+    # From (10, 20) towards a point a million pixels to the right on the row v = 20 (palm nearly on the
+    # camera plane): the visible part still runs to the image border.
+    image = overlay.draw_path(np.zeros((40, 60, 3), np.uint8), np.array([[10.0, 20.0], [1e6, 20.0]]),
+                              np.array([True, True]))
+    changed = image.any(-1)
+    assert changed[20, 10:60].all() and not changed[:14].any() and not changed[27:].any()
+
+
 def test_bad_inputs_name_the_problem(example):
     frames, track, extrinsics, k = example
     with pytest.raises(ValueError, match="segment"):
