@@ -13,8 +13,8 @@ OpenAI-compatible server works (vLLM, Ollama) through `base_url`.
 - Rate limit: `rate_limit_rpm` requests per minute *per process*, shared by every captioner (and thread) of
   this process with the same endpoint and model (`ratelimit.shared_rate_limiter`); with several worker
   processes give each its share.
-- Cache: answers are stored under `cache_dir`, keyed by sha256 of model, prompt version, prompt texts, hand
-  and image bytes, so a rerun makes no API call.
+- Cache: answers are stored under `cache_dir`, keyed by sha256 of model, prompt version, prompt texts, image
+  detail, hand and image bytes, so a rerun makes no API call.
 - `Caption.model` is the model name the server reports (e.g. a dated snapshot of `model`).
 - Accounting: `usage` totals requests, cache hits and tokens (failed parses included: they are billed);
   `cost_usd` prices them per 1M tokens, GPT-4.1 list prices by default (pass your model's prices).
@@ -204,7 +204,8 @@ class OpenAICaptioner:
                 raise ValueError(f"frame {t}: expected an (H, W, 3) uint8 RGB image, got {np.shape(img)} "
                                  f"{np.asarray(img).dtype}")
         images = [encode_jpeg(np.asarray(img)) for _, img in frames_with_overlay]
-        key = cache_key(self.model, self.prompt_version, self.system_prompt, self.user_prompt, hand, *images)
+        key = cache_key(self.model, self.prompt_version, self.system_prompt, self.user_prompt, self.image_detail,
+                        hand, *images)
         record = dict(hand=hand, start=segment.start, stop=segment.stop, prompt_version=self.prompt_version)
         hit = self.cache.get(key) if self.cache is not None else None
         if hit is not None and {"text", "model"} <= hit.keys():  # else: an entry of another layout, redo it

@@ -164,12 +164,13 @@ def test_cache_makes_the_rerun_free(tmp_path):
         edited = make(stub, tmp_path)
         edited.user_prompt += "\nBe brief."
         edited.caption(imgs, "right", SEGMENT)
-        assert stub.count == 5  # another model or prompt text is another key
+        make(stub, tmp_path, image_detail="high").caption(imgs, "right", SEGMENT)
+        assert stub.count == 6  # another model, prompt text or image detail is another key
     assert first.text == again.text == other_images.text == "Pick up the cup." and not first.cached
     assert other_hand.text == "Wipe the table."
     assert again.cached and again.tokens_in == again.tokens_out == 0 and again.model == "gpt-4.1"
     entries = sorted(p.name for p in (tmp_path / "cache").rglob("*") if p.is_file())
-    assert len(entries) == 5 and all(e.endswith(".json") and not e.startswith(".") for e in entries)
+    assert len(entries) == 6 and all(e.endswith(".json") and not e.startswith(".") for e in entries)
 
 
 def test_damaged_cache_entries_are_asked_again(tmp_path):
