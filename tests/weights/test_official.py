@@ -241,3 +241,78 @@ def test_exported_dit_run_as_the_release_runs_it_predicts_our_noise(params, qk_n
                              state[:, :102], state_mask[:, :102])
     np.testing.assert_allclose(np.asarray(got), want[..., :102], rtol=2e-4, atol=2e-4)
     assert np.abs(want[..., :102]).max() > 0.1  # the comparison is not between near-zero outputs
+
+
+# The release's vitra/configs/human_pretrain.json, the fields that shape the model (written out by hand).
+RELEASE_PRETRAIN = {"vla_name": "VITRA_Paligemma", "fwd_pred_next_n": 16, "use_fov": True,
+                    "untied_cognition_token": True, "use_state": "DiT", "loss_type": "human",
+                    "train_setup": {"freeze_option": "freeze_vision_encoder"}, "state_encoder": {"state_dim": 212},
+                    "action_model": {"model_type": "DiT-B", "token_size": 2304, "action_dim": 192},
+                    "vlm": {"type": "PaliGemmaForConditionalGeneration", "name": "paligemma",
+                            "pretrained_model_name_or_path": "google/paligemma2-3b-mix-224"},
+                    "repeated_diffusion_steps": 8}
+
+
+def _release_3b(**dit):
+    cfg = policy_config("3b")
+    return dataclasses.replace(cfg, dit=dataclasses.replace(cfg.dit, qk_norm="timm_0_9_10", **dit))
+
+
+def test_official_config_writes_the_release_fields_and_reads_back_the_same_config():
+    from vitra_jax.models.paligemma import paligemma_config
+
+    cfg = _release_3b()
+    written = official.official_config(cfg)
+    for key, value in RELEASE_PRETRAIN.items():
+        got = written[key]
+        assert (got == value if not isinstance(value, dict) else {k: got[k] for k in value} == value), key
+    assert official.policy_config_from_official(written) == cfg
+    variants = [
+        dataclasses.replace(_release_3b(), wrist_weight=1.6, finger_weight=0.4, repeats=2, freeze_vision=False),
+        _release_3b(depth=24, width=1024, num_heads=16, chunk_len=8),
+        dataclasses.replace(_release_3b(), vlm=paligemma_config("3b-448")),
+    ]
+    for v in variants:
+        assert official.policy_config_from_official(official.official_config(v)) == v
+    robot = official.official_config(variants[0])
+    assert (robot["loss_type"], robot["train_setup"]["freeze_option"]) == ("robot", "full_finetune")
+    assert official.official_config(variants[1])["action_model"]["model_type"] == "DiT-L"
+    assert official.official_config(variants[2])["vlm"]["pretrained_model_name_or_path"].endswith("3b-mix-448")
+
+
+def test_official_config_refuses_what_the_release_cannot_express():
+    bad = dataclasses.replace(policy_config("3b"), wrist_weight=2.0)  # q/k norm 'rms', odd loss weights
+    with pytest.raises(ValueError) as err:
+        official.official_config(bad)
+    assert "dit.qk_norm is 'rms'; the release fixes it to 'timm_0_9_10'" in str(err.value)
+    assert "loss weights {'wrist': 2.0, 'fingers': 1.0}" in str(err.value)
+    tiny = dataclasses.replace(CFG, dit=dataclasses.replace(CFG.dit, qk_norm="timm_0_9_10"))
+    with pytest.raises(ValueError) as err:
+        official.official_config(tiny)
+    msg = str(err.value)
+    assert "(2, 64, 4) is none of the release's presets" in msg
+    assert "dit.state_hidden is 128; the release fixes it to 3072" in msg and "pass vlm_name" in msg
+
+
+def test_statistics_in_the_official_file_format_round_trip(tmp_path):
+    import json
+
+    from vitra_jax.data.statistics import DatasetStatistics, load_official
+
+    rng = np.random.default_rng(4)
+    arrays = {f"{kind}_{f}": rng.normal(size=102) for kind in ("action", "state") for f in ("mean", "q01", "q99")}
+    arrays.update(action_std=rng.uniform(0.1, 2, 102), state_std=rng.uniform(0.1, 2, 102))
+    stats = DatasetStatistics(**arrays, num_frames=1234, num_episodes=5)
+    written = stats.to_official()
+    # the release's layout (§2.7, §9.3): per hand, 61-d states (51 + 10 MANO shape values) and 51-d actions
+    assert sorted(written) == ["action_left", "action_right", "num_traj", "state_left", "state_right"]
+    assert written["num_traj"] == 1234
+    np.testing.assert_array_equal(written["state_right"]["mean"][:51], arrays["state_mean"][51:])
+    assert written["state_left"]["mean"][51:] == [0.0] * 10 and written["state_left"]["std"][51:] == [1.0] * 10
+    np.testing.assert_array_equal(written["action_left"]["std"], arrays["action_std"][:51])
+    assert len(written["action_right"]["mean"]) == 51
+    (tmp_path / "dataset_statistics.json").write_text(json.dumps(written))
+    back = load_official(tmp_path / "dataset_statistics.json")
+    for name in ("action_mean", "action_std", "state_mean", "state_std"):
+        np.testing.assert_array_equal(getattr(back, name), arrays[name], err_msg=name)
+    assert back.num_frames == 1234

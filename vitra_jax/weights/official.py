@@ -250,11 +250,19 @@ def params_to_official(params: dict, cfg: PolicyConfig) -> dict[str, Array]:
             key = "vision_tower.vision_model." + key[len("vision_tower."):]
         out[BACKBONE + key] = arr
     out[BACKBONE + LM_HEAD] = out[BACKBONE + names.EMBED_HF]  # tied, as the release's state dict holds it
+    out.update(head_to_official(params, cfg))
+    return {k: np.ascontiguousarray(v) for k, v in out.items()}
+
+
+def head_to_official(params: dict, cfg: PolicyConfig) -> dict[str, Array]:
+    """The non-backbone part of `params_to_official` (`act_model.net.*`, `fov_encoder.*`, `cognition_token`),
+    without touching the VLM weights."""
     flat = {k: np.asarray(v, np.float32) for k, v in names.flatten(params).items() if not k.startswith("vlm/")}
     shapes = _our_shapes(cfg)
     bad = sorted(k for k in set(flat) | set(shapes) if shapes.get(k) != (flat[k].shape if k in flat else None))
     if bad:
         raise ValueError(f"params do not match the config (missing, unexpected or mis-shaped): {bad}")
+    out = {}
     for rule in _rules(cfg):
         arr = flat[rule.ours]
         if "{i}" in rule.official:
@@ -358,3 +366,57 @@ def policy_config_from_official(config: Mapping[str, Any], **overrides: Any) -> 
                        wrist_weight=weights["wrist"], finger_weight=weights["fingers"],
                        freeze_vision=freeze == "freeze_vision_encoder")
     return dataclasses.replace(cfg, **overrides)
+
+
+# what the release fixes and our PolicyConfig leaves free: an official config.json cannot say anything else
+_RELEASE_FIXED = {"dit.mlp_ratio": 4, "dit.state_hidden": 3072, "dit.freq_dim": 256, "dit.action_dim": REAL_DIMS,
+                  "dit.state_dim": REAL_DIMS, "num_train_steps": 100, "cond_dropout": 0.1,
+                  "dit.qk_norm": "timm_0_9_10"}
+
+
+def official_config(cfg: PolicyConfig, vlm_name: str | None = None) -> dict:
+    """The release's `config.json` for `cfg`: the fields `build_vla` reads, inverse of `policy_config_from_official`.
+
+    The DiT must be one of the release's presets and the VLM a PaliGemma-2 3B at 224/448/896 (written as
+    `google/paligemma2-3b-mix-{size}`), unless `vlm_name` names the HF folder or hub id of the PaliGemma the
+    release should build instead. Everything the release hard-codes (timm-0.9.10 q/k norm, 100 diffusion steps,
+    MLP ratio 4, state hidden 3072, 256 frequencies, condition dropout 0.1) must hold, and the loss weights must
+    be the human or the robot ones; anything else raises one ValueError listing what the release cannot express.
+    `model_load_path` and `statistics_path` are left for the user to point at `weights.pt` and
+    `dataset_statistics.json`. Our inference-only fields (`max_text_len`, dtypes, remat) have no counterpart.
+    """
+    problems = []
+    dims = (cfg.dit.depth, cfg.dit.width, cfg.dit.num_heads)
+    preset = next((name for name, v in DIT_PRESETS.items() if v == dims), None)
+    if preset is None:
+        problems.append(f"DiT (depth, width, heads) {dims} is none of the release's presets {DIT_PRESETS}")
+    for field, want in _RELEASE_FIXED.items():
+        have = getattr(cfg.dit, field[4:]) if field.startswith("dit.") else getattr(cfg, field)
+        if have != want:
+            problems.append(f"{field} is {have!r}; the release fixes it to {want!r}")
+    if cfg.dit.token_size != cfg.vlm.llm.width:
+        problems.append(f"dit.token_size {cfg.dit.token_size} differs from the VLM width {cfg.vlm.llm.width}")
+    weights = {"wrist": cfg.wrist_weight, "fingers": cfg.finger_weight}
+    loss_type = next((k for k, w in (("human", layout.HUMAN_LOSS_WEIGHTS), ("robot", layout.ROBOT_LOSS_WEIGHTS))
+                      if w == weights), None)
+    if loss_type is None:
+        problems.append(f"loss weights {weights} are neither the human {layout.HUMAN_LOSS_WEIGHTS} nor the robot "
+                        f"{layout.ROBOT_LOSS_WEIGHTS} ones")
+    arch = dataclasses.replace(cfg.vlm, dtype="float32", remat_policy="none")
+    size = next((s for s in (224, 448, 896) if arch == paligemma_config(f"3b-{s}")), None)
+    if size is None and vlm_name is None:
+        problems.append("the VLM is not a PaliGemma-2 3B at 224/448/896; pass vlm_name (its HF folder or hub id)")
+    if problems:
+        raise ValueError("the release cannot express this policy config: " + "; ".join(problems))
+    return {
+        "vla_name": "VITRA_Paligemma", "model": "vitra_paligemma2", "fwd_pred_next_n": cfg.dit.chunk_len,
+        "use_fov": True, "untied_cognition_token": True, "use_state": "DiT", "loss_type": loss_type,
+        "train_setup": {"freeze_option": "freeze_vision_encoder" if cfg.freeze_vision else "full_finetune"},
+        "state_encoder": {"state_dim": STATE_PAD},
+        "action_model": {"model_type": preset, "token_size": cfg.dit.token_size, "action_dim": ACTION_PAD,
+                         "hidden_size": cfg.dit.width},
+        "vlm": {"type": "PaliGemmaForConditionalGeneration", "name": "paligemma",
+                "pretrained_model_name_or_path": vlm_name or f"google/paligemma2-3b-mix-{size}"},
+        "repeated_diffusion_steps": cfg.repeats,
+        "model_load_path": None, "statistics_path": None,
+    }

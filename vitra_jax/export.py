@@ -1,0 +1,294 @@
+"""Export a trained run as a self-contained PyTorch bundle for the robot PC, behind a parity gate.
+
+    python -m vitra_jax.export --workdir out/run --out bundles/run [--step N] [--overwrite] [--tolerance 1e-4]
+
+The params of step N (default: the newest checkpoint), the run's dataset statistics and tokenizer are written
+in the bundle layout `vitra_jax.deploy.bundle` reads (see docs/deploy.md) into a temporary folder beside
+`--out`. The bundle is then loaded back by the torch-only `load_bundle` and run next to the JAX policy on fixed
+inputs (a deterministic image, instruction, state, masks, FoV and initial noise; CFG 5, DDIM 10): their
+normalized actions must agree within `--tolerance` (max abs), or the export fails and leaves nothing behind.
+Only then the folder is renamed to `--out`. An existing `--out` is refused unless `--overwrite`, which replaces
+it atomically (old folder renamed aside, new one renamed in, old one deleted).
+
+The gate runs the JAX VLM in fp32 (the run may have trained in bf16), as the bundle runs by default.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import functools
+import json
+import os
+import pathlib
+import shutil
+import tempfile
+from typing import Any
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import numpy as np  # noqa: E402
+
+from vitra_jax.data.statistics import DatasetStatistics, MissingStatisticsError  # noqa: E402
+from vitra_jax.deploy.bundle import FORMAT_VERSION, file_hashes  # noqa: E402
+from vitra_jax.handspace import layout  # noqa: E402
+from vitra_jax.models.dit import DiTConfig  # noqa: E402
+from vitra_jax.models.policy import PolicyConfig  # noqa: E402
+
+SAMPLING_DEFAULTS = {"num_samples": 1, "cfg_scale": 5.0, "num_ddim_steps": 10, "use_ddim": True}
+GATE_SAMPLES = 2
+
+
+class ParityError(RuntimeError):
+    """The torch bundle and the JAX policy disagree on the gate inputs."""
+
+
+@dataclasses.dataclass(frozen=True)
+class RunCheckpoint:
+    """What an export needs from a run folder: the policy config, params of one step, statistics, tokenizer."""
+
+    workdir: pathlib.Path
+    step: int
+    cfg: PolicyConfig
+    params: Any
+    statistics: DatasetStatistics
+    tokenizer: pathlib.Path | None
+
+
+def policy_config_from_dict(d: dict) -> PolicyConfig:
+    """Inverse of `dataclasses.asdict(PolicyConfig)` (the form checkpoint meta records)."""
+    from vitra_jax.weights.npz import config_from_dict
+
+    d = dict(d)
+    return PolicyConfig(vlm=config_from_dict(d.pop("vlm")), dit=DiTConfig(**d.pop("dit")), **d)
+
+
+def _step_dirs(workdir: pathlib.Path) -> dict[int, pathlib.Path]:
+    root = workdir / "checkpoints"
+    return {int(p.name): p for p in root.glob("[0-9]*") if p.is_dir() and p.name.isdigit()} if root.is_dir() else {}
+
+
+def _tokenizer_path(meta_config: dict, override: str | os.PathLike | None) -> pathlib.Path:
+    data = meta_config.get("data", {})
+    if override:
+        path = pathlib.Path(override)
+    elif data.get("tokenizer"):
+        path = pathlib.Path(data["tokenizer"])
+    elif data.get("data_dir"):
+        path = pathlib.Path(data["data_dir"]) / "tokenizer" / "tokenizer.model"
+    else:
+        raise FileNotFoundError("the run's config names no tokenizer (data.tokenizer / data.data_dir); pass --tokenizer")
+    if not path.is_file():
+        raise FileNotFoundError(f"tokenizer model not found at {path}; pass --tokenizer")
+    return path
+
+
+def read_run(workdir: str | os.PathLike, step: int | None = None, tokenizer: str | os.PathLike | None = None,
+             need_tokenizer: bool = True) -> RunCheckpoint:
+    """The params of `step` (default: newest) of a run folder written by `vitra_jax.train` (or by
+    `vitra_jax.weights.convert --from official`), with its policy config, statistics and tokenizer.
+
+    The policy config is the checkpoint meta's `policy_config` when present (official imports), else the
+    recorded training config's `model` section through `variants.from_config`; the VLM is set to fp32."""
+    import jax
+    import orbax.checkpoint as ocp
+
+    from vitra_jax import checkpoint as ckpt_lib
+    from vitra_jax.models import variants
+    from vitra_jax.models.policy import VitraPolicy
+
+    workdir = pathlib.Path(workdir).absolute()
+    steps = _step_dirs(workdir)
+    if not steps:
+        raise FileNotFoundError(f"no checkpoints under {workdir / 'checkpoints'}: is {workdir} a vitra_jax run folder?")
+    if step is None:
+        step = max(steps)
+    if step not in steps:
+        raise ValueError(f"{workdir} has no checkpoint of step {step} (it has {sorted(steps)})")
+    meta = ocp.Checkpointer(ocp.JsonCheckpointHandler()).restore(steps[step] / "meta")
+    if "policy_config" in meta:
+        cfg = policy_config_from_dict(meta["policy_config"])
+    else:
+        import ml_collections
+
+        cfg = variants.from_config(ml_collections.ConfigDict(meta["config"]["model"]))
+    cfg = dataclasses.replace(cfg, vlm=dataclasses.replace(cfg.vlm, dtype="float32", remat_policy="none"))
+    if "statistics" in meta:
+        stats = DatasetStatistics.from_dict(meta["statistics"])
+    elif (workdir / "statistics.json").is_file():
+        stats = DatasetStatistics.load(workdir / "statistics.json")
+    else:
+        raise MissingStatisticsError(workdir / "statistics.json")
+    tok = _tokenizer_path(meta.get("config", {}), tokenizer) if need_tokenizer else None
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
+                            jax.eval_shape(VitraPolicy(cfg).init, jax.random.PRNGKey(0)))
+    params = ckpt_lib.restore_params(steps[step], abstract)
+    return RunCheckpoint(workdir, step, cfg, params, stats, tok)
+
+
+def deploy_config_from_policy_config(cfg: PolicyConfig, hf_vlm_config: dict, *, preprocess: str = "squash"):
+    """The `DeployConfig` of a JAX policy config; `hf_vlm_config` is the HF PaliGemma config.json dict of
+    the exported VLM (`weights.hf.hf_config_dict(cfg.vlm)`)."""
+    from vitra_jax.deploy.policy import DeployConfig
+    from vitra_jax.weights.official import ACTION_PAD, STATE_PAD
+
+    d = cfg.dit
+    if d.token_size != cfg.vlm.llm.width:
+        raise ValueError(f"dit.token_size {d.token_size} differs from the VLM width {cfg.vlm.llm.width}")
+    return DeployConfig(vlm=dict(hf_vlm_config), qk_norm=d.qk_norm, max_text_len=cfg.max_text_len,
+                        image_size=cfg.vlm.image_size, dit_depth=d.depth, dit_width=d.width, dit_heads=d.num_heads,
+                        mlp_ratio=d.mlp_ratio, freq_dim=d.freq_dim, state_hidden=d.state_hidden,
+                        chunk_len=d.chunk_len, action_dim=d.action_dim, state_dim=d.state_dim,
+                        action_pad=ACTION_PAD, state_pad=STATE_PAD, num_train_steps=cfg.num_train_steps,
+                        preprocess=preprocess)
+
+
+def write_bundle_files(run: RunCheckpoint, directory: pathlib.Path, preprocess: str = "squash") -> None:
+    """The bundle's model files (everything but manifest.json) into the existing folder `directory`."""
+    from safetensors.numpy import save_file
+
+    from vitra_jax.weights import hf, official
+
+    hf.save_hf_paligemma(run.cfg.vlm, run.params["vlm"], directory / "paligemma")
+    head = official.head_to_official(run.params, run.cfg)
+    save_file(head, str(directory / "action_head.safetensors"), metadata={"format": "pt"})
+    deploy = deploy_config_from_policy_config(run.cfg, hf.hf_config_dict(run.cfg.vlm), preprocess=preprocess)
+    (directory / "config.json").write_text(json.dumps({**deploy.to_dict(), "sampling": SAMPLING_DEFAULTS},
+                                                      indent=1))
+    run.statistics.save(directory / "dataset_statistics.json")
+    shutil.copyfile(run.tokenizer, directory / "tokenizer.model")
+
+
+def write_manifest(directory: pathlib.Path, run: RunCheckpoint, parity: dict | None) -> dict:
+    manifest = {"format_version": FORMAT_VERSION, "files": file_hashes(directory),
+                "source": {"workdir": str(run.workdir), "step": run.step},
+                "qk_norm": run.cfg.dit.qk_norm, "parity": parity,
+                "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")}
+    (directory / "manifest.json").write_text(json.dumps(manifest, indent=1))
+    return manifest
+
+
+def gate_inputs(cfg: PolicyConfig, statistics: DatasetStatistics, seed: int = 0) -> dict:
+    """Fixed observation and noise of the parity gate: a non-square image (so resizing is exercised), both
+    hands' states around the statistics' means with a few masked dims, the left hand idle after step 10."""
+    rng = np.random.default_rng(seed)
+    size = cfg.vlm.image_size
+    yy, xx = np.mgrid[0:size + 8, 0:size + 24]
+    image = np.stack([(xx * 7) % 256, (yy * 5) % 256, (xx + yy) * 3 % 256], -1).astype(np.uint8)
+    image = np.clip(image.astype(np.int16) + rng.integers(-20, 20, image.shape), 0, 255).astype(np.uint8)
+    state = statistics.state_mean + statistics.state_std * rng.normal(size=layout.STATE_DIM)
+    state_mask = np.ones(layout.STATE_DIM, np.float32)
+    state_mask[[5, 60, 61]] = 0
+    n, a = cfg.dit.chunk_len, cfg.dit.action_dim
+    action_mask = np.ones((n, a), np.float32)
+    action_mask[10:, :layout.HAND_DIM] = 0
+    return {"image": image, "instruction": "Left hand: Hold the cup steady. Right hand: Pour the water.",
+            "state": state, "state_mask": state_mask, "action_mask": action_mask, "fov": np.array([1.05, 0.8]),
+            "noise": rng.normal(size=(GATE_SAMPLES, n, a)).astype(np.float32)}
+
+
+@functools.lru_cache(maxsize=4)
+def _policy(cfg: PolicyConfig) -> Any:
+    """One `VitraPolicy` per config, so repeated gates reuse its compiled functions."""
+    from vitra_jax.models.policy import VitraPolicy
+
+    return VitraPolicy(cfg)
+
+
+def jax_predict(run: RunCheckpoint, inputs: dict, policy: Any = None) -> dict:
+    """The JAX policy's prediction on the gate inputs (CFG 5, DDIM 10)."""
+    from vitra_jax import inference
+    from vitra_jax.tokenizer import Tokenizer
+
+    obs = {k: v for k, v in inputs.items() if k != "noise"}
+    return inference.predict_action(policy or _policy(run.cfg), run.params, **obs,
+                                    tokenizer=Tokenizer(run.tokenizer), normalizer=run.statistics.normalizer(),
+                                    num_samples=GATE_SAMPLES, cfg_scale=5.0, num_ddim_steps=10,
+                                    noise=inputs["noise"][None])
+
+
+def parity_gate(run: RunCheckpoint, bundle: pathlib.Path, tolerance: float) -> dict:
+    """Runs the bundle (torch, loaded back from disk) and the JAX policy on the gate inputs; their figures,
+    or ParityError when the normalized actions differ by more than `tolerance` (max abs)."""
+    from vitra_jax.deploy.bundle import load_bundle
+
+    inputs = gate_inputs(run.cfg, run.statistics)
+    want = jax_predict(run, inputs)
+    obs = {k: v for k, v in inputs.items() if k != "noise"}
+    got = load_bundle(bundle).predict_action(**obs, num_samples=GATE_SAMPLES, cfg_scale=5.0, num_ddim_steps=10,
+                                             noise=inputs["noise"][None])
+    diff = float(np.max(np.abs(np.asarray(got["normalized"], np.float64) - want["normalized"])))
+    figures = {"max_abs_normalized": diff, "tolerance": tolerance,
+               "max_abs_actions": float(np.max(np.abs(np.asarray(got["actions"]) - want["actions"]))),
+               "output_scale": float(np.max(np.abs(want["normalized"]))), "samples": GATE_SAMPLES,
+               "cfg_scale": 5.0, "num_ddim_steps": 10}
+    if not diff <= tolerance:
+        raise ParityError(f"the torch bundle disagrees with the JAX policy: max |Δ normalized action| = {diff:.3g} "
+                          f"> tolerance {tolerance:g} (outputs up to {figures['output_scale']:.3g})")
+    return figures
+
+
+def export(workdir: str | os.PathLike, out: str | os.PathLike, *, step: int | None = None, overwrite: bool = False,
+           tolerance: float = 1e-4, tokenizer: str | os.PathLike | None = None, preprocess: str = "squash",
+           run: RunCheckpoint | None = None) -> dict:
+    """Writes the bundle of `workdir`'s step `step` to `out` (see module docstring); returns its manifest.
+
+    `run` skips reading the workdir (already read with `read_run`)."""
+    out = pathlib.Path(out).absolute()
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
+    run = run or read_run(workdir, step, tokenizer)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        write_bundle_files(run, tmp, preprocess)
+        write_manifest(tmp, run, parity=None)
+        parity = parity_gate(run, tmp, tolerance)
+        manifest = write_manifest(tmp, run, parity)
+        _move_into_place(tmp, out, overwrite)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return manifest
+
+
+def _move_into_place(tmp: pathlib.Path, out: pathlib.Path, overwrite: bool) -> None:
+    """Renames `tmp` to `out`; an existing `out` (only with `overwrite`) is renamed aside first and deleted last."""
+    if not out.exists():
+        os.rename(tmp, out)
+        return
+    if not overwrite:
+        raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
+    old = pathlib.Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+    os.rename(out, old / "bundle")
+    try:
+        os.rename(tmp, out)
+    except OSError:
+        os.rename(old / "bundle", out)  # put the old bundle back
+        raise
+    finally:
+        if out.exists():
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--workdir", required=True, help="run folder written by vitra_jax.train")
+    ap.add_argument("--out", required=True, help="bundle folder to write")
+    ap.add_argument("--step", type=int, default=None, help="checkpoint step (default: the newest)")
+    ap.add_argument("--overwrite", action="store_true", help="replace an existing bundle")
+    ap.add_argument("--tolerance", type=float, default=1e-4, help="parity gate: max abs normalized-action difference")
+    ap.add_argument("--tokenizer", default=None, help="tokenizer.model (default: the run's data.tokenizer)")
+    ap.add_argument("--preprocess", choices=["squash", "official"], default="squash",
+                    help="image preprocessing the bundle applies: 'squash' as in training, 'official' as the release")
+    args = ap.parse_args(argv)
+    manifest = export(args.workdir, args.out, step=args.step, overwrite=args.overwrite, tolerance=args.tolerance,
+                      tokenizer=args.tokenizer, preprocess=args.preprocess)
+    p = manifest["parity"]
+    print(f"wrote {args.out} (step {manifest['source']['step']}, q/k norm {manifest['qk_norm']}); parity: max |Δ| "
+          f"{p['max_abs_normalized']:.2e} <= {p['tolerance']:g} on outputs up to {p['output_scale']:.3g}")
+
+
+if __name__ == "__main__":
+    main()
