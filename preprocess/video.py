@@ -43,7 +43,8 @@ def _open(path: str | Path) -> cv2.VideoCapture:
 def probe(path: str | Path) -> VideoInfo:
     """Frame rate, size and frame count of a video; VideoError if it cannot be decoded.
 
-    The container's frame count is trusted only when positive; otherwise frames are counted by decoding.
+    The container's frame count is trusted only when its last frame decodes and no frame follows;
+    otherwise frames are counted by decoding.
     """
     cap = _open(path)
     try:
@@ -53,8 +54,13 @@ def probe(path: str | Path) -> VideoInfo:
         ok, _ = cap.read()
         if not ok or width <= 0 or height <= 0:
             raise VideoError("unreadable_video", f"{path}: no decodable video frame")
+        if count > 1:  # containers may estimate the count from the duration: check the last frame exists
+            cap.set(cv2.CAP_PROP_POS_FRAMES, count - 1)
+            if not cap.grab() or cap.grab():
+                count = 0
         if count <= 0:
-            count = 1
+            cap.set(cv2.CAP_PROP_POS_FRAMES, 0)
+            count = 0
             while cap.grab():
                 count += 1
     finally:

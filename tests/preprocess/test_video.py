@@ -112,3 +112,23 @@ def test_stitch_matches_a_brute_force_nearest_centre_rule():
         for f in range(n):
             dists = [abs(f - (c.start + c.stop - 1) / 2) if c.start <= f < c.stop else np.inf for c in clips]
             assert out[f] == int(np.argmin(dists))  # argmin returns the first (earlier) clip on ties
+
+
+def test_audio_only_file_and_a_video_written_here(tmp_path):
+    import wave
+
+    with wave.open(str(tmp_path / "sound.mp4"), "wb") as w:  # a real media file without a video stream
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(8000)
+        w.writeframes(np.zeros(8000, np.int16).tobytes())
+    with pytest.raises(video.VideoError, match="unreadable_video: .*sound.mp4"):
+        video.probe(tmp_path / "sound.mp4")
+    writer = cv2.VideoWriter(str(tmp_path / "grey.avi"), cv2.VideoWriter_fourcc(*"MJPG"), 25, (64, 48))
+    for i in range(13):
+        writer.write(np.full((48, 64, 3), 10 * i, np.uint8))
+    writer.release()
+    info = video.probe(tmp_path / "grey.avi")
+    assert (info.num_frames, info.fps, info.width, info.height, info.video_id) == (13, 25.0, 64, 48, "grey")
+    frames = video.read_frames(tmp_path / "grey.avi", 5, 13)
+    np.testing.assert_allclose(frames.mean(axis=(1, 2, 3)), 10 * np.arange(5, 13), atol=2)  # MJPG is lossy
