@@ -197,16 +197,19 @@ def _policy(cfg: PolicyConfig) -> Any:
     return VitraPolicy(cfg)
 
 
-def jax_predict(run: RunCheckpoint, inputs: dict, policy: Any = None) -> dict:
-    """The JAX policy's prediction on the gate inputs (CFG 5, DDIM 10)."""
+def jax_predict(run: RunCheckpoint, inputs: dict, preprocess: str = "squash") -> dict:
+    """The JAX policy's prediction on the gate inputs (CFG 5, DDIM 10). With the 'official' preprocessing the
+    image is first resized as the bundle resizes it (the JAX policy then squashes it as in training)."""
     from vitra_jax import inference
+    from vitra_jax.deploy.preprocess import resize_short_side
     from vitra_jax.tokenizer import Tokenizer
 
     obs = {k: v for k, v in inputs.items() if k != "noise"}
-    return inference.predict_action(policy or _policy(run.cfg), run.params, **obs,
-                                    tokenizer=Tokenizer(run.tokenizer), normalizer=run.statistics.normalizer(),
-                                    num_samples=GATE_SAMPLES, cfg_scale=5.0, num_ddim_steps=10,
-                                    noise=inputs["noise"][None])
+    if preprocess == "official":
+        obs["image"] = resize_short_side(obs["image"])
+    return inference.predict_action(_policy(run.cfg), run.params, **obs, tokenizer=Tokenizer(run.tokenizer),
+                                    normalizer=run.statistics.normalizer(), num_samples=GATE_SAMPLES,
+                                    cfg_scale=5.0, num_ddim_steps=10, noise=inputs["noise"][None])
 
 
 def parity_gate(run: RunCheckpoint, bundle: pathlib.Path, tolerance: float) -> dict:
@@ -215,9 +218,10 @@ def parity_gate(run: RunCheckpoint, bundle: pathlib.Path, tolerance: float) -> d
     from vitra_jax.deploy.bundle import load_bundle
 
     inputs = gate_inputs(run.cfg, run.statistics)
-    want = jax_predict(run, inputs)
+    policy = load_bundle(bundle)
+    want = jax_predict(run, inputs, policy.config.preprocess)
     obs = {k: v for k, v in inputs.items() if k != "noise"}
-    got = load_bundle(bundle).predict_action(**obs, num_samples=GATE_SAMPLES, cfg_scale=5.0, num_ddim_steps=10,
+    got = policy.predict_action(**obs, num_samples=GATE_SAMPLES, cfg_scale=5.0, num_ddim_steps=10,
                                              noise=inputs["noise"][None])
     diff = float(np.max(np.abs(np.asarray(got["normalized"], np.float64) - want["normalized"])))
     figures = {"max_abs_normalized": diff, "tolerance": tolerance,

@@ -22,7 +22,6 @@ from typing import Any
 FORMAT_VERSION = 1
 BUNDLE_FILES = ("config.json", "action_head.safetensors", "dataset_statistics.json", "tokenizer.model",
                 "paligemma/config.json", "paligemma/model.safetensors")
-_DTYPES = ("float32", "bfloat16", "float16")
 
 
 class BundleError(ValueError):
@@ -109,14 +108,14 @@ def load_bundle(path: str | os.PathLike, *, device: str = "cpu", dtype: str = "f
                 cuda_graphs: bool = False) -> Any:
     """A ready `DeployedPolicy` from a bundle folder; hashes are verified before anything is loaded.
 
-    `dtype` is the backbone's compute dtype ('float32', 'bfloat16', 'float16'; the DiT always runs in fp32);
+    `dtype` is the backbone's compute dtype ('float32' or 'bfloat16'; the DiT always runs in fp32);
     `compile` and `cuda_graphs` as `DeployedPolicy`."""
-    from vitra_jax.deploy.runner import DeployedPolicy
+    from vitra_jax.deploy.runner import DTYPES, DeployedPolicy
     from vitra_jax.handspace.normalize import GaussianNormalizer
     from vitra_jax.tokenizer import Tokenizer
 
-    if dtype not in _DTYPES:
-        raise ValueError(f"dtype must be one of {_DTYPES}, got {dtype!r}")
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
     path = pathlib.Path(path)
     verify_bundle(path)
     config, _ = read_config(path)
