@@ -7,7 +7,8 @@ calibrators run elsewhere; these classes read their documented outputs:
 - `FovPrior(fov_x_deg)`: no file; f = 0.5·W / tan(fov_x/2) for both axes, principal point at the centre.
 - `DroidCalibReader(path)`: the text DroidCalib's `demo.py --opt_intr` prints (its last
   "Estimated intrinsics:" line, `fx = …, fy = …, ppx = …, ppy = …[, xi = …]`, already rescaled to the
-  input images), or one line of 4 or 5 numbers `fx fy ppx ppy [xi]`. With xi (its `mei` camera model, the
+  input images; give `image_size` when those were not at the video's size), or one line of 4 or 5
+  numbers `fx fy ppx ppy [xi]`. With xi (its `mei` camera model, the
   unified model without lens terms) frames are undistorted to the pinhole K_new = diag(f/(1+xi)) at the
   image centre, which keeps the image scale at the principal point.
 - `MoGeReader(path)`: MoGe-2's `fov.json` (`{"fov_x": deg, "fov_y": deg}`, written per image by
@@ -100,8 +101,9 @@ class DroidCalibReader:
 
     name = "droidcalib"
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, image_size: tuple[int, int] | None = None):
         self.path = path
+        self.image_size = image_size  # (w, h) of the images DroidCalib saw, when not the video's size
 
     def parse(self) -> tuple[np.ndarray, float | None]:
         """(fx, fy, ppx, ppy) and xi (None for the pinhole/focal models)."""
@@ -128,6 +130,9 @@ class DroidCalibReader:
     def estimate(self, info: VideoInfo, frames=None) -> Intrinsics:
         (fx, fy, cx, cy), xi = self.parse()
         raw = pinhole_k(fx, fy, cx, cy)
+        if self.image_size is not None:
+            raw = _rescale(raw, self.image_size, info, self.path)
+            (fx, _, cx), (_, fy, cy) = raw[0], raw[1]
         if not xi:
             return Intrinsics(k=raw, width=info.width, height=info.height, source="droidcalib")
         new_k = pinhole_k(fx / (1 + xi), fy / (1 + xi), info.width / 2, info.height / 2)

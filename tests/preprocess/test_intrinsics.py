@@ -90,6 +90,9 @@ def test_droidcalib_printout_pinhole_and_mei(tmp_path):
     intr = intrinsics.DroidCalibReader(tmp_path / "pinhole.txt").estimate(INFO)
     np.testing.assert_array_equal(intr.k, [[251.2, 0, 241.5], [0, 252.8, 183.25], [0, 0, 1]])
     assert intr.distortion == {"model": "none"} and intr.source == "droidcalib"
+    # Calibrated on frames extracted at half size: K doubles for the video.
+    half = intrinsics.DroidCalibReader(tmp_path / "pinhole.txt", image_size=(240, 184)).estimate(INFO)
+    np.testing.assert_allclose(half.k, [[502.4, 0, 483], [0, 505.6, 366.5], [0, 0, 1]])
     (tmp_path / "mei.txt").write_text(printed.replace("ppy = 183.25", "ppy = 183.25, xi = 0.900"))
     intr = intrinsics.DroidCalibReader(tmp_path / "mei.txt").estimate(INFO)
     # Pinhole target: f / (1 + xi) at the image centre.
