@@ -6,7 +6,9 @@ CPU, a few seconds. Each synthetic track chains 3–8 minimum-jerk reaches (0.5�
 directions; position p0 + (p1 − p0)(10τ³ − 15τ⁴ + 6τ⁵), zero speed at both ends) separated by pauses (none
 in 30 % of joins, else 0.1–0.8 s) and framed by 0–0.6 s of rest, at 30 fps. The true boundary of a join is
 the middle of its pause (the junction frame when there is none); true segments run between boundaries.
-White Gaussian noise of σ per axis is added to the wrist positions.
+White Gaussian noise of σ per axis is added to the wrist positions, and in the last rows also a wobble:
+Gaussian noise smoothed over σ_t = 3 frames (0.1 s), scaled to the given std per axis — slow tracker
+errors that make false speed minima.
 
 Realistic noise is σ = 5 mm: HaWoR-like video trackers are off by centimetres in absolute wrist position,
 but their temporal models (HaWoR's 16-frame transformer, then smoothing) keep frame-to-frame jitter to a
@@ -25,13 +27,16 @@ import sys
 import time
 
 import numpy as np
+from scipy.ndimage import gaussian_filter1d
 
 from preprocess import metrics
 from preprocess.segment import SegmentConfig, segment
 from vitra_jax.handspace.trajectory import HandTrack
 
-NOISE_MM = (0.0, 2.0, 5.0, 10.0, 20.0)
+# (white σ, wobble σ) per axis, millimetres
+NOISE_MM = ((0.0, 0.0), (2.0, 0.0), (5.0, 0.0), (10.0, 0.0), (20.0, 0.0), (5.0, 5.0), (5.0, 10.0), (5.0, 20.0))
 REALISTIC_MM = 5.0
+WOBBLE_FRAMES = 3.0
 BOUNDARY_TOLERANCE = 5
 FPS = 30.0
 
@@ -42,7 +47,7 @@ def min_jerk(p0: np.ndarray, p1: np.ndarray, n: int) -> np.ndarray:
     return p0 + (p1 - p0) * (10 * tau**3 - 15 * tau**4 + 6 * tau**5)
 
 
-def synthetic_reaches(rng: np.random.Generator, noise_m: float, fps: float = FPS
+def synthetic_reaches(rng: np.random.Generator, noise_m: float, fps: float = FPS, wobble_m: float = 0.0
                       ) -> tuple[np.ndarray, list[int], list[tuple[int, int]]]:
     """Noisy wrist positions (T, 3), true boundaries and true segments [start, stop)."""
     pos = rng.normal(0, 0.2, 3)
@@ -61,6 +66,9 @@ def synthetic_reaches(rng: np.random.Generator, noise_m: float, fps: float = FPS
     parts.append(np.repeat(pos[None], 1 + int(rng.uniform(0, 0.6) * fps), 0))
     wrist = np.concatenate(parts)
     wrist = wrist + rng.normal(0, noise_m, wrist.shape) if noise_m else wrist
+    if wobble_m:
+        wobble = gaussian_filter1d(rng.normal(0, 1, wrist.shape), WOBBLE_FRAMES, axis=0)
+        wrist = wrist + wobble * (wobble_m / wobble.std(axis=0))
     bounds = [0, *boundaries, len(wrist)]
     return wrist, boundaries, list(zip(bounds[:-1], bounds[1:]))
 
@@ -72,11 +80,13 @@ def track_of(wrist: np.ndarray) -> HandTrack:
                      joints=np.repeat(wrist[:, None], 21, 1), kept=np.ones(n, bool), beta=np.zeros(10))
 
 
-def evaluate(config: SegmentConfig, noise_m: float, episodes: int, seed: int) -> dict[str, metrics.Counts]:
+def evaluate(config: SegmentConfig, noise_m: float, episodes: int, seed: int, wobble_m: float = 0.0
+             ) -> dict[str, metrics.Counts]:
     """Counts summed over `episodes` tracks made from seeds seed … seed + episodes − 1."""
     total = {"boundary": metrics.Counts(), **{f"f1@{t:.2f}": metrics.Counts() for t in metrics.SEGMENT_THRESHOLDS}}
     for i in range(episodes):
-        wrist, gt_bounds, gt_segments = synthetic_reaches(np.random.default_rng(seed + i), noise_m)
+        wrist, gt_bounds, gt_segments = synthetic_reaches(np.random.default_rng(seed + i), noise_m,
+                                                          wobble_m=wobble_m)
         segments, dropped = segment(track_of(wrist), FPS, "right", config=config)
         pred = [(s.start, s.stop) for s in segments]
         cuts = sorted({x for a, b in pred + [(d.start, d.stop) for d in dropped] for x in (a, b)} - {0, len(wrist)})
@@ -94,19 +104,21 @@ def main(argv: list[str] | None = None) -> int:
     config = SegmentConfig()
     print(f"segmentation on {args.episodes} synthetic tracks per noise level (seeds {args.seed}…"
           f"{args.seed + args.episodes - 1}), {FPS:g} fps, boundary tolerance ±{BOUNDARY_TOLERANCE} frames")
-    header = f"{'noise σ':>10} | {'boundary P':>10} {'R':>6} {'F1':>6} | " + " ".join(
+    header = f"{'noise σ':>14} | {'boundary P':>10} {'R':>6} {'F1':>6} | " + " ".join(
         f"{'F1@' + format(t, '.2f'):>8}" for t in metrics.SEGMENT_THRESHOLDS) + " | time/track"
     print(header)
     print("-" * len(header))
-    for noise in NOISE_MM:
+    for noise, wobble in NOISE_MM:
         start = time.perf_counter()
-        total = evaluate(config, noise / 1000, args.episodes, args.seed)
+        total = evaluate(config, noise / 1000, args.episodes, args.seed, wobble_m=wobble / 1000)
         per_track = (time.perf_counter() - start) / args.episodes
         b = total["boundary"]
-        label = f"{noise:g} mm" + (" *" if noise == REALISTIC_MM else "")
-        print(f"{label:>10} | {b.precision:10.3f} {b.recall:6.3f} {b.f1:6.3f} | " + " ".join(
+        label = f"{noise:g} mm" + (f" + {wobble:g} wob" if wobble else "")
+        label += " *" if (noise, wobble) == (REALISTIC_MM, 0.0) else ""
+        print(f"{label:>14} | {b.precision:10.3f} {b.recall:6.3f} {b.f1:6.3f} | " + " ".join(
             f"{total[f'f1@{t:.2f}'].f1:8.3f}" for t in metrics.SEGMENT_THRESHOLDS) + f" | {per_track * 1e3:.2f} ms")
-    print(f"* realistic tracker jitter (σ = {REALISTIC_MM:g} mm per axis, see the module docstring)")
+    print(f"* realistic tracker jitter (σ = {REALISTIC_MM:g} mm per axis, see the module docstring); "
+          f"wob: slow wobble over {WOBBLE_FRAMES:g} frames")
     return 0
 
 
