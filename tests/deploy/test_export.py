@@ -159,6 +159,12 @@ def test_existing_bundle_is_refused_then_replaced_with_overwrite(exported, run, 
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b"]  # the old bundle was removed, no temp left
 
 
+def test_official_preprocessing_bundle_passes_the_gate_on_the_resized_image(run, tmp_path):
+    manifest = export.export(run.workdir, tmp_path / "b", run=run, preprocess="official")
+    assert json.loads((tmp_path / "b" / "config.json").read_text())["preprocess"] == "official"
+    assert manifest["parity"]["max_abs_normalized"] <= 1e-4
+
+
 def test_corrupted_or_missing_files_are_named(exported, tmp_path):
     out = tmp_path / "b"
     shutil.copytree(exported[0], out)
@@ -196,7 +202,8 @@ def test_a_bundle_loads_and_predicts_in_a_process_without_jax(exported):
         "out = p.predict_action(np.zeros((20, 30, 3), np.uint8), 'Left hand: None. Right hand: Wave.', np.zeros(102),"
         " np.ones(102), np.ones((16, 102)), np.array([1.0, 0.8]), seed=0)\n"
         "assert out['trajectory'].shape == (1, 17, 102) and np.isfinite(out['actions']).all()\n"
-        "print(sorted(m for m in ('jax', 'flax', 'tensorflow', 'orbax', 'grain') if m in sys.modules))\n"
+        "print(sorted(m for m in ('jax', 'flax', 'tensorflow', 'orbax', 'grain', 'optax', 'absl', 'ml_collections',"
+        " 'cv2', 'smplx') if m in sys.modules))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=pathlib.Path(__file__).resolve().parents[2])
