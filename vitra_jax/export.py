@@ -241,8 +241,7 @@ def export(workdir: str | os.PathLike, out: str | os.PathLike, *, step: int | No
 
     `run` skips reading the workdir (already read with `read_run`)."""
     out = pathlib.Path(out).absolute()
-    if out.exists() and not overwrite:
-        raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
+    _check_replaceable(out, overwrite)
     run = run or read_run(workdir, step, tokenizer)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
@@ -257,13 +256,22 @@ def export(workdir: str | os.PathLike, out: str | os.PathLike, *, step: int | No
     return manifest
 
 
+def _check_replaceable(out: pathlib.Path, overwrite: bool) -> None:
+    """Refuses an existing `out` unless `overwrite`, and never replaces a folder that is not a bundle."""
+    if not out.exists():
+        return
+    if not overwrite:
+        raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
+    if not (out / "manifest.json").is_file():
+        raise FileExistsError(f"{out} exists and is not a policy bundle (no manifest.json); not replacing it")
+
+
 def _move_into_place(tmp: pathlib.Path, out: pathlib.Path, overwrite: bool) -> None:
     """Renames `tmp` to `out`; an existing `out` (only with `overwrite`) is renamed aside first and deleted last."""
     if not out.exists():
         os.rename(tmp, out)
         return
-    if not overwrite:
-        raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
+    _check_replaceable(out, overwrite)
     old = pathlib.Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
     os.rename(out, old / "bundle")
     try:

@@ -157,6 +157,11 @@ def test_existing_bundle_is_refused_then_replaced_with_overwrite(exported, run, 
     assert not (out / "marker").exists()
     bundle_lib.verify_bundle(out)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b"]  # the old bundle was removed, no temp left
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "keep.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="not a policy bundle"):
+        export.export(run.workdir, tmp_path / "notes", run=run, overwrite=True)
+    assert (tmp_path / "notes" / "keep.txt").read_text() == "mine"
 
 
 def test_official_preprocessing_bundle_passes_the_gate_on_the_resized_image(run, tmp_path):
