@@ -1,14 +1,19 @@
 """The torch deploy policy against the JAX policy: same official weights, same inputs, same noise."""
 
 import dataclasses
+import functools
 
 import jax
 import numpy as np
 import pytest
 import torch
 
+from vitra_jax import inference
 from vitra_jax.deploy.policy import DeployConfig, TorchVitraPolicy
+from vitra_jax.deploy.runner import DeployedPolicy
+from vitra_jax.handspace.normalize import GaussianNormalizer
 from vitra_jax.models.policy import VitraPolicy, fake_batch, policy_config
+from vitra_jax.tokenizer import Tokenizer, train_sentencepiece
 from vitra_jax.weights import hf, names, official
 
 QK_NORMS = ("timm_0_9_10", "rms")
@@ -33,18 +38,25 @@ class Pair:
         rng = np.random.default_rng(0)
         # AdaLN and output layers start at zero: draw every non-VLM weight, small enough that CFG at 5 keeps
         # the samples moderate.
-        self.params = names.unflatten({k: v if k.startswith("vlm/") else
-                                       (0.08 * rng.normal(size=v.shape)).astype(np.float32)
-                                       for k, v in flat.items()})
+        flat = {k: v if k.startswith("vlm/") else (0.05 * rng.normal(size=v.shape)).astype(np.float32)
+                for k, v in flat.items()}
+        # q and k with a mean over the head dim, where the two q/k norms differ (a zero-mean q would hide it)
+        flat["action_model/blocks/qkv/bias"][:, :2 * base.dit.width] += 0.5
+        self.params = names.unflatten(flat)
         self.state_dict = official.params_to_official(self.params, self.cfg)
         self.config = deploy_config(self.cfg)
         self.torch = TorchVitraPolicy(self.config)
         self.torch.load_official_state_dict(self.state_dict)
 
 
+@functools.cache
+def _pair(qk_norm: str) -> Pair:
+    return Pair(qk_norm)
+
+
 @pytest.fixture(scope="module", params=QK_NORMS)
 def pair(request):
-    return Pair(request.param)
+    return _pair(request.param)
 
 
 @pytest.fixture(scope="module")
@@ -73,3 +85,175 @@ def test_cognition_equals_jax(pair, batch):
     print(f"cognition max abs err {err:.2e} ({pair.cfg.dit.qk_norm})")
     assert err <= 1e-5, err
     assert np.abs(want).max() > 0.5
+
+
+TEXTS = ["Left hand: None. Right hand: Pick up the red cup.", "Left hand: Hold the bowl. Right hand: None.",
+         "Left hand: Open the drawer. Right hand: Put the spoon in it."]
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tmp_path_factory):
+    return Tokenizer(train_sentencepiece(TEXTS * 15, tmp_path_factory.mktemp("spm"), vocab_size=300))
+
+
+@pytest.fixture(scope="module")
+def normalizer():
+    rng = np.random.default_rng(3)
+    return GaussianNormalizer(rng.normal(size=102), rng.uniform(0.5, 2, 102), rng.normal(size=102),
+                              rng.uniform(0.5, 2, 102))
+
+
+def _observation(i: int) -> dict:
+    """Observation i: its own image size, instruction, state, masks and FoV."""
+    rng = np.random.default_rng(10 + i)
+    state_mask, action_mask = np.ones(102), np.ones((16, 102))
+    if i == 0:
+        state_mask[:51], action_mask[:, :51] = 0, 0  # left hand absent
+    if i == 2:
+        action_mask[11:] = 0  # chunk runs past the episode end
+    return {"image": rng.integers(0, 256, (40 + 8 * i, 64 - 4 * i, 3), dtype=np.uint8), "instruction": TEXTS[i],
+            "state": 0.5 * rng.normal(size=102), "state_mask": state_mask, "action_mask": action_mask,
+            "fov": np.deg2rad([60.0 - 5 * i, 45.0 + 3 * i])}
+
+
+def _jax_step_noise(rng, shape) -> np.ndarray:
+    """The per-step DDPM noise `VitraPolicy.denoise` draws from `rng`."""
+    rng, _ = jax.random.split(rng)
+    return np.stack([np.asarray(jax.random.normal(jax.random.fold_in(rng, i), shape)) for i in range(100)])
+
+
+@pytest.mark.parametrize("use_ddim", [True, False])
+def test_predict_action_equals_jax(pair, tokenizer, normalizer, use_ddim):
+    """Same image, instruction, state, masks, FoV and noise: fp32 torch equals the JAX `predict_action`.
+
+    Random weights do not denoise, so sampling amplifies x_T (DDIM by up to 1/sqrt(ᾱ_90) ≈ 6) and DDPM's
+    per-step noise (by up to 1/sqrt(ᾱ_99), hundreds): DDIM starts from 0.3·N(0, 1) to keep the samples O(10)
+    for an absolute 1e-4 bound; DDPM, whose unit step noise JAX draws itself, reaches 1e4 and is bounded at
+    1e-5 of its samples' size (fp32 rounding grows with them).
+    """
+    deployed = DeployedPolicy(pair.torch, tokenizer, normalizer)
+    obs = _observation(1)
+    s = 2
+    noise = (0.3 if use_ddim else 1.0) * np.random.default_rng(4).normal(size=(s, 16, 102)).astype(np.float32)
+    rng = jax.random.key(7)
+    want = inference.predict_action(pair.policy, pair.params, *obs.values(), tokenizer, normalizer, num_samples=s,
+                                    cfg_scale=5.0, num_ddim_steps=10, use_ddim=use_ddim, rng=rng, noise=noise[None])
+    step_noise = None if use_ddim else _jax_step_noise(rng, (s, 16, 102))
+    got = deployed.predict_action(**obs, num_samples=s, cfg_scale=5.0, num_ddim_steps=10, use_ddim=use_ddim,
+                                  noise=noise, step_noise=step_noise)
+    # DDPM's samples reach 1e4: Euler angles of their integrated rotations wrap chaotically, so only the
+    # normalized and unnormalized actions are compared there.
+    keys = ("normalized", "actions", "trajectory") if use_ddim else ("normalized", "actions")
+    size = {k: np.abs(want[k]).max() for k in keys}
+    errs = {k: np.abs(got[k] - want[k]).max() for k in keys}
+    print(f"{pair.cfg.dit.qk_norm} ddim={use_ddim} max abs err {errs}, max abs value {size}")
+    bound = {k: 1e-4 if use_ddim else 1e-5 * size[k] for k in keys}
+    assert all(errs[k] <= bound[k] for k in keys), (errs, bound)
+    assert got["normalized"].shape == (s, 16, 102) and got["trajectory"].shape == (s, 17, 102)
+    # the samples moved away from the noise and from each other: the comparison is not trivial
+    assert np.abs(want["normalized"] - noise * obs["action_mask"]).max() > 0.5
+    assert np.abs(want["normalized"][0] - want["normalized"][1]).max() > 0.1
+
+
+def _fresh(pair, tmp_path=None) -> TorchVitraPolicy:
+    model = TorchVitraPolicy(pair.config)
+    model.load_official_state_dict(pair.state_dict)
+    return model
+
+
+@pytest.fixture(scope="module")
+def timm_pair():
+    return _pair("timm_0_9_10")
+
+
+def test_predict_batch_equals_single_calls(timm_pair, tokenizer, normalizer):
+    deployed = DeployedPolicy(timm_pair.torch, tokenizer, normalizer)
+    obs = [{**_observation(i), "seed": 20 + i} for i in range(3)]
+    obs[2].update(num_samples=3, cfg_scale=2.0, num_ddim_steps=5)  # its own sampling group
+    batched = deployed.predict_batch(obs)
+    for o, got in zip(obs, batched, strict=True):
+        single = deployed.predict_action(**o)
+        # fp32 batching changes the last bits; Euler angles of composed rotations amplify them a little
+        for k, atol in (("normalized", 1e-5), ("actions", 1e-5), ("trajectory", 1e-4)):
+            np.testing.assert_allclose(got[k], single[k], rtol=1e-5, atol=atol, err_msg=k)
+    assert [b["normalized"].shape[0] for b in batched] == [1, 1, 3]
+    assert np.abs(batched[0]["normalized"][0] - batched[1]["normalized"][0]).max() > 0.1
+    # a seed fixes the sample; no seed draws a new one
+    np.testing.assert_array_equal(deployed.predict_action(**obs[0])["normalized"],
+                                  deployed.predict_action(**obs[0])["normalized"])
+    unseeded = [deployed.predict_action(**{k: v for k, v in obs[0].items() if k != "seed"}) for _ in range(2)]
+    assert np.abs(unseeded[0]["normalized"] - unseeded[1]["normalized"]).max() > 0.1
+
+
+def test_bf16_vlm_stays_near_fp32(timm_pair, tokenizer, normalizer):
+    obs = {**_observation(0), "seed": 5}
+    fp32 = DeployedPolicy(_fresh(timm_pair), tokenizer, normalizer).predict_action(**obs)
+    bf16_policy = DeployedPolicy(_fresh(timm_pair), tokenizer, normalizer, dtype="bfloat16")
+    assert next(bf16_policy.model.backbone.parameters()).dtype == torch.bfloat16
+    assert next(bf16_policy.model.act_model.parameters()).dtype == torch.float32
+    bf16 = bf16_policy.predict_action(**obs)
+    err = np.abs(bf16["normalized"] - fp32["normalized"]).max()
+    rel = err / np.abs(fp32["normalized"]).max()
+    print(f"bf16 VLM vs fp32: max abs diff {err:.3e} of max |value| {np.abs(fp32['normalized']).max():.2f} "
+          f"(relative {rel:.2e})")
+    assert rel < 5e-2
+    assert bf16_policy.metadata()["dtype"] == "bfloat16"
+
+
+def test_inputs_are_checked_and_options_named(timm_pair, tokenizer, normalizer):
+    deployed = DeployedPolicy(timm_pair.torch, tokenizer, normalizer)
+    obs = _observation(0)
+    with pytest.raises(ValueError, match="observation 0: state must be finite with shape"):
+        deployed.predict_action(**{**obs, "state": obs["state"][:50]})
+    with pytest.raises(ValueError, match=r"observation 1: missing keys \['fov'\], unknown keys \['fovx'\]"):
+        bad = {k: v for k, v in obs.items() if k != "fov"}
+        deployed.predict_batch([obs, {**bad, "fovx": obs["fov"]}])
+    with pytest.raises(ValueError, match="noise must have shape"):
+        deployed.predict_action(**obs, noise=np.zeros((2, 16, 102)))
+    with pytest.raises(ValueError, match="cuda_graphs needs a CUDA device"):
+        DeployedPolicy(timm_pair.torch, tokenizer, normalizer, cuda_graphs=True)
+    meta = deployed.metadata()
+    assert (meta["action_dim"], meta["chunk_len"], meta["image_size"], meta["defaults"]["cfg_scale"]) == \
+        (102, 16, timm_pair.cfg.vlm.image_size, 5.0)
+
+
+def test_weights_pt_loads_strictly_and_keys_are_named(timm_pair, tmp_path):
+    official.save_official_checkpoint(timm_pair.params, timm_pair.cfg, tmp_path / "weights.pt")
+    sd = torch.load(tmp_path / "weights.pt", map_location="cpu", weights_only=True)
+    assert "backbone.language_model.model.embed_tokens.weight" in sd  # the release's transformers-4.47.1 keys
+    model = TorchVitraPolicy(timm_pair.config)
+    model.load_official_state_dict(sd)
+    own = model.state_dict()
+    renamed = {"backbone.vision_tower.vision_model.": "backbone.model.vision_tower.",
+               "backbone.multi_modal_projector.": "backbone.model.multi_modal_projector.",
+               "backbone.language_model.model.": "backbone.model.language_model.",
+               "backbone.language_model.lm_head.": "backbone.lm_head."}
+    for key, value in sd.items():
+        new = next((n + key[len(o):] for o, n in renamed.items() if key.startswith(o)), key)
+        assert torch.equal(own[new], value), key
+    assert set(own) == {next((n + k[len(o):] for o, n in renamed.items() if k.startswith(o)), k) for k in sd}
+    # the installed transformers' key style loads the same
+    TorchVitraPolicy(timm_pair.config).load_official_state_dict(own)
+    bad = dict(sd)
+    del bad["act_model.net.blocks.1.attn.q_norm.weight"]
+    bad["act_model.net.extra.weight"] = torch.zeros(3)
+    bad["act_model.net.final_layer.linear.weight"] = torch.zeros(102, 64)
+    with pytest.raises(ValueError) as err:
+        TorchVitraPolicy(timm_pair.config).load_official_state_dict(bad)
+    msg = str(err.value)
+    assert "missing act_model.net.blocks.1.attn.q_norm.weight" in msg
+    assert "unexpected act_model.net.extra.weight" in msg
+    assert "act_model.net.final_layer.linear.weight has shape (102, 64), expected (192, 64)" in msg
+
+
+def test_deploy_config_round_trips_through_json(timm_pair):
+    import json
+
+    c = timm_pair.config
+    assert DeployConfig.from_dict(json.loads(json.dumps(c.to_dict()))) == c
+    with pytest.raises(ValueError, match=r"unknown keys \['depth'\], missing keys \['qk_norm'\]"):
+        DeployConfig.from_dict({**{k: v for k, v in c.to_dict().items() if k != "qk_norm"}, "depth": 3})
+    with pytest.raises(ValueError, match="qk_norm must be one of"):
+        dataclasses.replace(c, qk_norm="layer")
+    with pytest.raises(ValueError, match="image_size 224 differs"):
+        dataclasses.replace(c, image_size=224)
