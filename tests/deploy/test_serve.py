@@ -2,6 +2,8 @@
 a naming error without poisoning a batch, inference failures are answered, shutdown is graceful."""
 
 import os
+import pathlib
+import re
 import signal
 import subprocess
 import sys
@@ -41,7 +43,8 @@ class ArithmeticPolicy:
         self.started = threading.Event()
 
     def metadata(self) -> dict:
-        return {"state_dim": S, "action_dim": A, "chunk_len": N, "image_size": 32, "device": "cpu"}
+        return {"state_dim": S, "action_dim": A, "chunk_len": N, "num_train_steps": 100, "image_size": 32,
+                "device": "cpu"}
 
     def predict_batch(self, observations: list[dict]) -> list[dict]:
         self.batch_sizes.append(len(observations))
@@ -202,6 +205,9 @@ def test_client_sees_metadata_and_request_errors(running):
             cl.infer(make_obs(rng, state=np.full(S, np.nan, np.float32)))
         with pytest.raises(PolicyServerError, match=r"num_samples must be an integer in \[1, 64\], got 0"):
             cl.infer(make_obs(rng, num_samples=0))
+        # 100 training steps: strides 2 and 3 give 50 and 34 steps, none gives 45
+        with pytest.raises(PolicyServerError, match="num_ddim_steps 45 is not reachable"):
+            cl.infer(make_obs(rng, num_ddim_steps=45))
         with pytest.raises(PolicyServerError, match=r"unknown key\(s\) \['instrucion'\]"):
             cl.infer({**make_obs(rng), "instrucion": "typo"})
         obs = make_obs(rng)
@@ -259,3 +265,128 @@ def test_sigterm_shuts_the_server_down_cleanly():
     finally:
         proc.kill()
     assert proc.returncode == 0, err
+
+
+def tiny_deployed_policy(tmp_path):
+    """A tiny random DeployedPolicy (fp32, CPU) with a fresh sentencepiece and non-trivial statistics."""
+    import torch
+    from transformers import Gemma2Config, PaliGemmaConfig, SiglipVisionConfig
+
+    from vitra_jax.deploy.policy import DeployConfig, TorchVitraPolicy
+    from vitra_jax.deploy.runner import DeployedPolicy
+    from vitra_jax.handspace.normalize import GaussianNormalizer
+    from vitra_jax.tokenizer import Tokenizer, train_sentencepiece
+
+    vocab = 384
+    vlm = PaliGemmaConfig(
+        vision_config=SiglipVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                         num_attention_heads=4, image_size=32, patch_size=8, vision_use_head=False),
+        text_config=Gemma2Config(vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                 num_attention_heads=2, num_key_value_heads=1, head_dim=32, sliding_window=64),
+        image_token_index=vocab - 1, vocab_size=vocab, projection_dim=64, hidden_size=64).to_dict()
+    config = DeployConfig(vlm=vlm, qk_norm="rms", max_text_len=24, image_size=32, dit_depth=2, dit_width=32,
+                          dit_heads=4, freq_dim=32, state_hidden=64)
+    torch.manual_seed(0)
+    model = TorchVitraPolicy(config)
+    with torch.no_grad():  # AdaLN and output layers start at zero: draw every weight
+        for p in model.parameters():
+            p.copy_(0.1 * torch.randn_like(p))
+    texts = [f"Left hand: None. Right hand: pick up the {c} cup." for c in ("red", "blue", "green", "big")]
+    tok = Tokenizer(train_sentencepiece(texts * 10, tmp_path, vocab_size=300))
+    rng = np.random.default_rng(0)
+    norm = GaussianNormalizer(rng.normal(size=A), rng.uniform(0.5, 2, A), rng.normal(size=S), rng.uniform(0.5, 2, S))
+    return DeployedPolicy(model, tok, norm, config, device="cpu", dtype="float32")
+
+
+def test_served_replies_equal_direct_predict_action(tmp_path):
+    policy = tiny_deployed_policy(tmp_path)
+    srv = RunningServer(policy, max_batch=4, batch_wait_ms=200)
+    barrier = threading.Barrier(3)
+    requests = [make_obs(np.random.default_rng(10 + i), seed=i, num_ddim_steps=2 + i % 2, num_samples=1 + i % 2,
+                         cfg_scale=[5.0, 1.0, 3.0][i]) for i in range(3)]
+    replies = [None] * 3
+
+    def send(i):
+        with PolicyClient("127.0.0.1", srv.port, timeout=60) as cl:
+            barrier.wait(10)
+            replies[i] = cl.infer(requests[i])
+
+    try:
+        threads = [threading.Thread(target=send, args=(i,)) for i in range(3)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+    finally:
+        srv.stop()
+    assert max(r["timing"]["batch_size"] for r in replies) > 1  # batched replies are checked below
+    for obs, reply in zip(requests, replies):
+        direct = policy.predict_action(obs["image"], obs["instruction"], obs["state"], obs["state_mask"],
+                                       obs["action_mask"], obs["fov"], num_samples=obs["num_samples"],
+                                       cfg_scale=obs["cfg_scale"], num_ddim_steps=obs["num_ddim_steps"],
+                                       seed=obs["seed"])
+        assert direct["actions"].shape == (obs["num_samples"], N, A)
+        assert np.abs(direct["normalized"]).max() > 0.1  # the tiny model computes something non-trivial
+        for key in ("normalized", "actions", "trajectory"):
+            np.testing.assert_allclose(reply[key], direct[key], rtol=1e-4, atol=1e-4, err_msg=key)
+
+
+def tiny_bundle(root: pathlib.Path) -> pathlib.Path:
+    """A bundle of the tiny policy with random weights, written by the exporter's own file writers."""
+    import jax
+
+    from vitra_jax import export
+    from vitra_jax.data.statistics import DatasetStatistics
+    from vitra_jax.models.policy import VitraPolicy, policy_config
+    from vitra_jax.tokenizer import train_sentencepiece
+    from vitra_jax.weights import names
+
+    cfg = policy_config("tiny")
+    shapes = jax.eval_shape(VitraPolicy(cfg).init, jax.random.key(0))
+    rng = np.random.default_rng(0)
+    params = names.unflatten({k: (rng.normal(size=v.shape) * (0.2 if k.startswith("vlm/") else 0.05))
+                              .astype(np.float32) for k, v in names.flatten(shapes).items()})
+    stats = DatasetStatistics(action_mean=rng.normal(size=A) * 0.1, action_std=rng.uniform(0.05, 1, A),
+                              action_q01=np.zeros(A), action_q99=np.zeros(A), state_mean=rng.normal(size=S) * 0.3,
+                              state_std=rng.uniform(0.05, 1, S), state_q01=np.zeros(S), state_q99=np.zeros(S),
+                              num_frames=100, num_episodes=3)
+    tok = train_sentencepiece(["Left hand: None. Right hand: pick up the cup."] * 20, root / "tok", 300)
+    run = export.RunCheckpoint(root, 0, cfg, params, stats, tok)
+    out = root / "bundle"
+    out.mkdir()
+    export.write_bundle_files(run, out)
+    export.write_manifest(out, run, parity=None)
+    return out
+
+
+def test_cli_serves_a_bundle_and_stops_on_sigint(tmp_path):
+    from vitra_jax.deploy.bundle import load_bundle
+
+    bundle = tiny_bundle(tmp_path)
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    proc = subprocess.Popen([sys.executable, "-m", "vitra_jax.deploy.serve", "--bundle", str(bundle), "--port", "0",
+                             "--max-batch", "2"], cwd=repo, stderr=subprocess.PIPE, text=True)
+    try:
+        lines = []
+        for line in proc.stderr:  # the log names the port the OS picked
+            lines.append(line)
+            if m := re.search(r"listening on ws://127\.0\.0\.1:(\d+)", line):
+                break
+        assert m, "".join(lines)
+        obs = make_obs(np.random.default_rng(7), seed=11, num_ddim_steps=5)
+        with PolicyClient("127.0.0.1", int(m.group(1)), timeout=60) as cl:
+            assert cl.server_info["bundle"] == str(bundle) and cl.server_info["max_batch"] == 2
+            assert cl.metadata["dtype"] == "float32" and cl.metadata["chunk_len"] == N
+            reply = cl.infer(obs)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err
+    assert "policy server stopped" in err
+    direct = load_bundle(bundle).predict_action(
+        obs["image"], obs["instruction"], obs["state"], obs["state_mask"], obs["action_mask"], obs["fov"],
+        num_ddim_steps=5, seed=11)
+    assert np.abs(direct["normalized"]).max() > 0.1
+    for key in ("normalized", "actions", "trajectory"):
+        np.testing.assert_allclose(reply[key], direct[key], rtol=1e-5, atol=1e-5, err_msg=key)

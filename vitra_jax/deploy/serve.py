@@ -68,13 +68,22 @@ class RequestSpec:
     state_dim: int
     action_dim: int
     chunk_len: int
+    num_train_steps: int
+    default_ddim_steps: int = 10
 
     @classmethod
     def from_metadata(cls, meta: dict) -> RequestSpec:
-        missing = [k for k in ("state_dim", "action_dim", "chunk_len") if k not in meta]
+        keys = ["state_dim", "action_dim", "chunk_len", "num_train_steps"]
+        missing = [k for k in keys if k not in meta]
         if missing:
-            raise ValueError(f"policy metadata lacks {missing}; it must give state_dim, action_dim, chunk_len")
-        return cls(int(meta["state_dim"]), int(meta["action_dim"]), int(meta["chunk_len"]))
+            raise ValueError(f"policy metadata lacks {missing}; it must give {keys}")
+        default = meta.get("defaults", {}).get("num_ddim_steps", cls.default_ddim_steps)
+        return cls(*(int(meta[k]) for k in keys), default_ddim_steps=int(default))
+
+    def ddim_steps_ok(self, n: int) -> bool:
+        """Whether IDDPM's respacing of num_train_steps has a stride giving exactly n DDIM steps."""
+        t = self.num_train_steps
+        return any(-(-t // stride) == n for stride in range(1, t + 1))
 
 
 def _array(msg: dict, key: str, shape: tuple[int, ...], kinds: str, kind_desc: str) -> np.ndarray:
@@ -127,6 +136,11 @@ def validate_request(msg: Any, spec: RequestSpec) -> tuple[dict, Any]:
         if not isinstance(v, types) or (is_bool and key != "use_ddim") or not ok(v):
             raise RequestError(f"{key} must be {desc}, got {v!r}")
         obs[key] = v.item() if isinstance(v, np.generic) else v
+    # checked here so such a request cannot fail the whole batch it would join
+    steps = obs.get("num_ddim_steps", spec.default_ddim_steps)
+    if obs.get("use_ddim", True) and not spec.ddim_steps_ok(steps):
+        raise RequestError(f"num_ddim_steps {steps} is not reachable by respacing {spec.num_train_steps} "
+                           "training steps (no stride gives exactly that many)")
     return obs, request_id
 
 
