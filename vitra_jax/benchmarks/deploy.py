@@ -1,0 +1,179 @@
+"""Latency of one `predict_action` call: the JAX policy next to the torch deploy policy with the same weights.
+
+    python -m vitra_jax.benchmarks.deploy [--repeats=20] [--warmup=2] [--steps=10] [--cfg_scale=5.0]
+        [--torch_threads=1]
+    python -m vitra_jax.benchmarks.deploy --full [--repeats=20]      # needs a CUDA GPU
+
+Default (CPU, fp32): the `tiny` policy with random JAX weights, exported through the official state-dict
+layout into `TorchVitraPolicy` and wrapped in `DeployedPolicy`; one observation (224 x 298 image, both
+hands), the same initial noise on both sides (the max |diff| of the normalized chunks is printed as a
+check). `--full`: the 3B policy (PaliGemma-2 3B-224 + DiT-B, the release's q/k norm) with random weights in
+bf16, nothing downloaded, 10 DDIM steps and CFG 5 by default, eager then with torch.compile and CUDA graphs;
+prints median / p95 latency and peak GPU memory (`torch.cuda.max_memory_allocated`). Prints one table.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tempfile
+import time
+from collections.abc import Callable
+
+from absl import app, flags
+import numpy as np
+
+_REPEATS = flags.DEFINE_integer("repeats", 20, "Timed calls per row.")
+_WARMUP = flags.DEFINE_integer("warmup", 2, "Untimed calls first (compilation, caches).")
+_STEPS = flags.DEFINE_integer("steps", 10, "DDIM steps.")
+_CFG = flags.DEFINE_float("cfg_scale", 5.0, "Classifier-free guidance scale.")
+_FULL = flags.DEFINE_bool("full", False, "Full-size 3B policy in bf16 on a CUDA GPU instead of the tiny one.")
+_THREADS = flags.DEFINE_integer("torch_threads", 1, "torch intra-op threads for the tiny CPU rows (0: torch's "
+                                "default). Ops this small gain nothing from threads, and OpenMP spin-waiting on "
+                                "a loaded machine can make them 50x slower.")
+
+INSTRUCTION = "Left hand: None. Right hand: Pick up the red cup and put it on the plate."
+
+
+def latency_ms(fn: Callable[[], object], warmup: int, repeats: int) -> tuple[float, float]:
+    """(median, p95) milliseconds of `fn()` over `repeats` calls after `warmup` untimed ones."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1e3)
+    return float(np.median(times)), float(np.percentile(times, 95))
+
+
+def observation(chunk_len: int, seed: int = 0) -> dict:
+    rng = np.random.default_rng(seed)
+    return {"image": rng.integers(0, 256, (224, 298, 3), dtype=np.uint8), "instruction": INSTRUCTION,
+            "state": rng.normal(size=102), "state_mask": np.ones(102), "action_mask": np.ones((chunk_len, 102)),
+            "fov": np.deg2rad([60.0, 50.0])}
+
+
+def _tokenizer(tmp: str):
+    from vitra_jax.tokenizer import Tokenizer, train_sentencepiece
+
+    return Tokenizer(train_sentencepiece([INSTRUCTION] * 20, tmp, vocab_size=300))
+
+
+def tiny_rows(repeats: int, warmup: int, steps: int, cfg_scale: float, threads: int = 1) -> tuple[list[tuple], str]:
+    """Rows (name, median ms, p95 ms) for JAX and torch on CPU, and a header line."""
+    os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    import torch
+
+    from vitra_jax import inference
+    from vitra_jax.deploy.policy import TorchVitraPolicy
+    from vitra_jax.deploy.runner import DeployedPolicy
+    from vitra_jax.export import deploy_config_from_policy_config
+    from vitra_jax.handspace.normalize import GaussianNormalizer
+    from vitra_jax.models.policy import VitraPolicy, policy_config
+    from vitra_jax.weights import hf, official
+
+    if threads:
+        torch.set_num_threads(threads)
+    cfg = policy_config("tiny")
+    jax_policy = VitraPolicy(cfg)
+    torch.manual_seed(0)
+    model = TorchVitraPolicy(deploy_config_from_policy_config(cfg, hf.hf_config_dict(cfg.vlm)))
+    with torch.no_grad():  # the DiT's AdaLN and output layers start at zero: draw everything past the VLM
+        for name, p in model.named_parameters():
+            if not name.startswith("backbone."):
+                p.copy_(0.08 * torch.randn_like(p))
+    # one set of weights for both: torch -> JAX tree (drops the 192/212 padding) -> torch (zeros there)
+    params = official.official_to_params({k: v.numpy() for k, v in model.state_dict().items()}, cfg)
+    model.load_official_state_dict(official.params_to_official(params, cfg))
+    with tempfile.TemporaryDirectory() as tmp:
+        tok = _tokenizer(tmp)
+    norm = GaussianNormalizer.identity()
+    torch_policy = DeployedPolicy(model, tok, norm, model.config, device="cpu", dtype="float32")
+
+    obs = observation(cfg.dit.chunk_len)
+    args = (obs["image"], obs["instruction"], obs["state"], obs["state_mask"], obs["action_mask"], obs["fov"])
+    noise = np.random.default_rng(1).normal(size=(1, cfg.dit.chunk_len, cfg.dit.action_dim)).astype(np.float32)
+    kw = dict(num_samples=1, cfg_scale=cfg_scale, num_ddim_steps=steps, noise=noise)
+    run_jax = lambda: inference.predict_action(jax_policy, params, *args, tok, norm, **kw)
+    run_torch = lambda: torch_policy.predict_action(*args, **kw)
+    diff = float(np.abs(run_jax()["normalized"] - run_torch()["normalized"]).max())
+    rows = [("jax predict_action", *latency_ms(run_jax, warmup, repeats)),
+            ("torch predict_action", *latency_ms(run_torch, warmup, repeats))]
+    n_params = sum(p.numel() for p in model.parameters())
+    header = (f"device=cpu variant=tiny dtype=float32 params={n_params / 1e6:.2f}M ddim_steps={steps} "
+              f"cfg_scale={cfg_scale} torch_threads={torch.get_num_threads()} "
+              f"max|normalized jax - torch|={diff:.2e}")
+    return rows, header
+
+
+def full_rows(repeats: int, warmup: int, steps: int, cfg_scale: float) -> tuple[list[tuple], str]:
+    """Rows (name, median ms, p95 ms, peak GiB) of the 3B torch policy in bf16 on the first CUDA device."""
+    os.environ.setdefault("JAX_PLATFORMS", "cpu")  # only config dataclasses come from the JAX side
+    import torch
+
+    from vitra_jax.deploy.policy import TorchVitraPolicy, build_backbone
+    from vitra_jax.deploy.runner import DeployedPolicy
+    from vitra_jax.export import deploy_config_from_policy_config
+    from vitra_jax.handspace.normalize import GaussianNormalizer
+    from vitra_jax.models.policy import policy_config
+    from vitra_jax.weights import hf
+
+    cfg = policy_config("3b")
+    cfg = dataclasses.replace(cfg, dit=dataclasses.replace(cfg.dit, qk_norm="timm_0_9_10"))
+    config = deploy_config_from_policy_config(cfg, hf.hf_config_dict(cfg.vlm))
+    torch.manual_seed(0)
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(torch.bfloat16)  # the VLM drawn straight in bf16 on the GPU: no 12 GB fp32 copy
+    try:
+        with torch.device("cuda"):
+            backbone = build_backbone(config).to(torch.bfloat16)
+    finally:
+        torch.set_default_dtype(default)
+    with torch.device("cuda"):
+        model = TorchVitraPolicy(config, backbone=backbone)  # DiT, FoV encoder, cognition token in fp32
+    with tempfile.TemporaryDirectory() as tmp:
+        tok = _tokenizer(tmp)
+    norm = GaussianNormalizer.identity()
+    obs = observation(config.chunk_len)
+    args = (obs["image"], obs["instruction"], obs["state"], obs["state_mask"], obs["action_mask"], obs["fov"])
+    kw = dict(num_samples=1, cfg_scale=cfg_scale, num_ddim_steps=steps, seed=0)
+    rows = []
+    # compiling changes the model in place, so the compiled rows come last
+    for name, compile_, graphs in (("eager", False, False), ("cuda graphs", False, True),
+                                   ("torch.compile", True, False), ("compile + cuda graphs", True, True)):
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        try:
+            policy = DeployedPolicy(model, tok, norm, config, device="cuda", dtype="bfloat16", compile=compile_,
+                                    cuda_graphs=graphs)
+            run = lambda p=policy: (p.predict_action(*args, **kw), torch.cuda.synchronize())
+            med, p95 = latency_ms(run, max(warmup, 3 if compile_ or graphs else 1), repeats)
+            rows.append((name, med, p95, torch.cuda.max_memory_allocated() / 2**30))
+        except Exception as e:  # one failing mode still leaves the others' figures
+            rows.append((name, f"failed: {type(e).__name__}: {str(e).splitlines()[0][:80]}"))
+    n_params = sum(p.numel() for p in model.parameters())
+    header = (f"device={torch.cuda.get_device_name()} variant=3b dtype=bfloat16 params={n_params / 1e9:.2f}B "
+              f"ddim_steps={steps} cfg_scale={cfg_scale} random weights")
+    return rows, header
+
+
+def main(_):
+    if _FULL.value:
+        import torch
+
+        if not torch.cuda.is_available():
+            raise SystemExit("--full needs a CUDA GPU (it runs the 3B policy in bf16); this machine has none. "
+                             "Run without --full for the tiny CPU comparison.")
+        rows, header = full_rows(_REPEATS.value, _WARMUP.value, _STEPS.value, _CFG.value)
+    else:
+        rows, header = tiny_rows(_REPEATS.value, _WARMUP.value, _STEPS.value, _CFG.value, _THREADS.value)
+    print(header)
+    cols = ["median ms", "p95 ms"] + (["peak GiB"] if _FULL.value else [])
+    print(f"{'':<24}" + "".join(f"{c:>12}" for c in cols))
+    for name, *figures in rows:
+        print(f"{name:<24}" + "".join(f"{x:>12.2f}" if isinstance(x, float) else f"  {x}" for x in figures))
+
+
+if __name__ == "__main__":
+    app.run(main)
