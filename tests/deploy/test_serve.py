@@ -233,6 +233,32 @@ def test_inference_failure_is_answered_and_server_stays_up(running, policy):
     assert health["inference_errors"] == 1 and health["replies"] == 1
 
 
+def test_overload_and_vanishing_clients_leave_the_server_serving(policy):
+    srv = RunningServer(policy, max_batch=1, batch_wait_ms=0)
+    srv.server.max_queue = 2
+    rng = np.random.default_rng(4)
+    try:
+        with connect(f"ws://127.0.0.1:{srv.port}", proxy=None) as raw:
+            wire.decode(raw.recv(10))
+            raw.send(wire.encode(make_obs(rng, instruction="slow", request_id="busy")))
+            assert policy.started.wait(10)  # the worker is busy for 1 s: the next ones wait in the queue
+            for i in range(3):  # pipelined without waiting for replies
+                raw.send(wire.encode(make_obs(rng, request_id=i)))
+            replies = {r["request_id"]: r for r in (wire.decode(raw.recv(10)) for _ in range(4))}
+        assert "server overloaded: 2 requests already waiting" in replies[2]["error"]
+        assert "error" not in replies["busy"] and "error" not in replies[0] and "error" not in replies[1]
+        with connect(f"ws://127.0.0.1:{srv.port}", proxy=None) as raw:  # a client leaving before its reply
+            wire.decode(raw.recv(10))
+            raw.send(wire.encode(make_obs(rng, request_id="gone")))
+        with PolicyClient("127.0.0.1", srv.port) as cl:
+            obs = make_obs(rng)
+            np.testing.assert_allclose(cl.infer(obs)["actions"], expected_actions(obs), rtol=1e-12, atol=1e-9)
+            health = cl.health()
+        assert health["connections_open"] == 1 and health["invalid_requests"] == 1
+    finally:
+        srv.stop()
+
+
 def test_stop_answers_the_request_in_flight_then_closes(running, policy):
     rng = np.random.default_rng(2)
     obs = make_obs(rng, instruction="slow")

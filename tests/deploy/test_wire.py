@@ -89,3 +89,13 @@ def test_decode_never_unpickles():
         wire.decode(pickle.dumps({"a": np.zeros(3)}))
     with pytest.raises(wire.WireError, match="expected a binary message, got str"):
         wire.decode("text")
+
+
+def test_robot_side_modules_import_without_torch_or_jax():
+    import subprocess
+    import sys
+
+    code = ("import sys, vitra_jax.deploy.client, vitra_jax.deploy.wire, vitra_jax.deploy.serve\n"
+            "print(sorted(m for m in ('torch', 'jax', 'flax', 'tensorflow', 'transformers') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr
