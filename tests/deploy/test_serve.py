@@ -1,7 +1,6 @@
 """The policy server: concurrent clients get their own answers, requests are batched, malformed requests get
 a naming error without poisoning a batch, inference failures are answered, shutdown is graceful."""
 
-import os
 import pathlib
 import re
 import signal
@@ -19,6 +18,7 @@ from vitra_jax.deploy.client import PolicyClient, PolicyServerError
 from vitra_jax.deploy.serve import serve
 
 N, A, S = 16, 102, 102
+REPO = pathlib.Path(__file__).resolve().parents[2]
 
 
 def expected_actions(obs: dict) -> np.ndarray:
@@ -278,8 +278,7 @@ def test_sigterm_shuts_the_server_down_cleanly():
     code = ("import sys; sys.path.insert(0, 'tests/deploy'); from test_serve import ArithmeticPolicy;"
             "from vitra_jax.deploy.serve import serve;"
             "serve(ArithmeticPolicy(), '127.0.0.1', 0, on_ready=lambda s: print(s.port, flush=True))")
-    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    proc = subprocess.Popen([sys.executable, "-c", code], cwd=repo, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
     try:
         port = int(proc.stdout.readline())
@@ -324,7 +323,18 @@ def tiny_deployed_policy(tmp_path):
     return DeployedPolicy(model, tok, norm, config, device="cpu", dtype="float32")
 
 
-def test_served_replies_equal_direct_predict_action(tmp_path):
+@pytest.fixture
+def one_torch_thread():
+    """Tiny models gain nothing from intra-op threads, and OpenMP spin-waits on a busy CPU cost a lot."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_served_replies_equal_direct_predict_action(tmp_path, one_torch_thread):
     policy = tiny_deployed_policy(tmp_path)
     srv = RunningServer(policy, max_batch=4, batch_wait_ms=200)
     barrier = threading.Barrier(3)
@@ -385,13 +395,20 @@ def tiny_bundle(root: pathlib.Path) -> pathlib.Path:
     return out
 
 
-def test_cli_serves_a_bundle_and_stops_on_sigint(tmp_path):
+def test_cli_refuses_bad_flags_before_loading_anything(tmp_path):
+    for flags, words in ((["--max-batch", "0"], "--max-batch must be >= 1"),
+                         (["--cuda-graphs"], "--cuda-graphs needs --device cuda")):
+        out = subprocess.run([sys.executable, "-m", "vitra_jax.deploy.serve", "--bundle", str(tmp_path), *flags],
+                             cwd=REPO, capture_output=True, text=True, timeout=60)
+        assert out.returncode == 2 and words in out.stderr, out.stderr
+
+
+def test_cli_serves_a_bundle_and_stops_on_sigint(tmp_path, one_torch_thread):
     from vitra_jax.deploy.bundle import load_bundle
 
     bundle = tiny_bundle(tmp_path)
-    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     proc = subprocess.Popen([sys.executable, "-m", "vitra_jax.deploy.serve", "--bundle", str(bundle), "--port", "0",
-                             "--max-batch", "2"], cwd=repo, stderr=subprocess.PIPE, text=True)
+                             "--max-batch", "2", "--threads", "1"], cwd=REPO, stderr=subprocess.PIPE, text=True)
     try:
         lines = []
         for line in proc.stderr:  # the log names the port the OS picked
@@ -402,6 +419,7 @@ def test_cli_serves_a_bundle_and_stops_on_sigint(tmp_path):
         obs = make_obs(np.random.default_rng(7), seed=11, num_ddim_steps=5)
         with PolicyClient("127.0.0.1", int(m.group(1)), timeout=60) as cl:
             assert cl.server_info["bundle"] == str(bundle) and cl.server_info["max_batch"] == 2
+            assert cl.server_info["threads"] == 1
             assert cl.metadata["dtype"] == "float32" and cl.metadata["chunk_len"] == N
             reply = cl.infer(obs)
         proc.send_signal(signal.SIGINT)

@@ -1,7 +1,8 @@
 """Websocket policy server: msgpack observations in, action chunks out, requests of all clients batched.
 
     python -m vitra_jax.deploy.serve --bundle BUNDLE --port 8765 [--host 127.0.0.1] [--max-batch 8]
-        [--batch-wait-ms 5] [--device cpu|cuda] [--dtype float32|bfloat16] [--compile]
+        [--batch-wait-ms 5] [--device cpu|cuda] [--dtype float32|bfloat16] [--compile] [--cuda-graphs]
+        [--threads N]
 
 Protocol (`vitra_jax.deploy.wire` messages over one websocket per client):
 - on connect the server sends `{"metadata": policy.metadata(), "server": {...}}`;
@@ -375,13 +376,27 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     p.add_argument("--compile", action="store_true", help="torch.compile the DiT step")
+    p.add_argument("--cuda-graphs", action="store_true", help="replay the denoising loop as CUDA graphs (cuda only)")
+    p.add_argument("--threads", type=int, default=0,
+                   help="torch intra-op CPU threads (0: torch's default; 1 is often fastest for small models on a "
+                        "busy CPU)")
     args = p.parse_args(argv)
+    if args.max_batch < 1 or args.batch_wait_ms < 0 or args.threads < 0:
+        p.error("--max-batch must be >= 1, --batch-wait-ms and --threads >= 0")
+    if args.cuda_graphs and args.device != "cuda":
+        p.error("--cuda-graphs needs --device cuda")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    import torch
 
     from vitra_jax.deploy.bundle import load_bundle
 
-    policy = load_bundle(args.bundle, device=args.device, dtype=args.dtype, compile=args.compile)
-    info = {"bundle": str(args.bundle), "device": args.device, "dtype": args.dtype, "compile": args.compile}
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    policy = load_bundle(args.bundle, device=args.device, dtype=args.dtype, compile=args.compile,
+                         cuda_graphs=args.cuda_graphs)
+    info = {"bundle": str(args.bundle), "device": args.device, "dtype": args.dtype, "compile": args.compile,
+            "cuda_graphs": args.cuda_graphs, "threads": torch.get_num_threads()}
     serve(policy, args.host, args.port, max_batch=args.max_batch, batch_wait_ms=args.batch_wait_ms,
           server_info=info)
 
