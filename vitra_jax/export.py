@@ -54,6 +54,7 @@ class RunCheckpoint:
     params: Any
     statistics: DatasetStatistics
     tokenizer: pathlib.Path | None
+    weights: str = "params"  # which tree of the train state: "params" or "ema_params"
 
 
 def policy_config_from_dict(d: dict) -> PolicyConfig:
@@ -85,9 +86,10 @@ def _tokenizer_path(meta_config: dict, override: str | os.PathLike | None) -> pa
 
 
 def read_run(workdir: str | os.PathLike, step: int | None = None, tokenizer: str | os.PathLike | None = None,
-             need_tokenizer: bool = True) -> RunCheckpoint:
+             need_tokenizer: bool = True, ema: bool = False) -> RunCheckpoint:
     """The params of `step` (default: newest) of a run folder written by `vitra_jax.train` (or by
-    `vitra_jax.weights.convert --from official`), with its policy config, statistics and tokenizer.
+    `vitra_jax.weights.convert --from official`), with its policy config, statistics and tokenizer; with
+    `ema`, the exponential moving average of the params the run kept (`optim.ema_decay > 0`) instead.
 
     The policy config is the checkpoint meta's `policy_config` when present (official imports), else the
     recorded training config's `model` section through `variants.from_config`; the VLM is set to fp32."""
@@ -124,8 +126,18 @@ def read_run(workdir: str | os.PathLike, step: int | None = None, tokenizer: str
     device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
                             jax.eval_shape(VitraPolicy(cfg).init, jax.random.PRNGKey(0)))
-    params = ckpt_lib.restore_params(steps[step], abstract)
-    return RunCheckpoint(workdir, step, cfg, params, stats, tok)
+    if not ema:
+        return RunCheckpoint(workdir, step, cfg, ckpt_lib.restore_params(steps[step], abstract), stats, tok)
+    if not meta.get("config", {}).get("optim", {}).get("ema_decay", 0) > 0:
+        raise ValueError(f"{workdir} kept no moving average of its params (optim.ema_decay is not > 0); "
+                         "export without --ema")
+    problems = ckpt_lib.shape_mismatch(ckpt_lib.param_shapes(abstract), meta["param_shapes"])
+    if problems:
+        raise ValueError(f"checkpoint {steps[step]} holds another model: " + "; ".join(problems))
+    item = {"ema_params": abstract}
+    restored = ocp.PyTreeCheckpointer().restore(steps[step] / "state", args=ocp.args.PyTreeRestore(
+        item=item, restore_args=ocp.checkpoint_utils.construct_restore_args(item), partial_restore=True))
+    return RunCheckpoint(workdir, step, cfg, restored["ema_params"], stats, tok, weights="ema_params")
 
 
 def deploy_config_from_policy_config(cfg: PolicyConfig, hf_vlm_config: dict, *, preprocess: str = "squash"):
@@ -163,7 +175,7 @@ def write_bundle_files(run: RunCheckpoint, directory: pathlib.Path, preprocess: 
 
 def write_manifest(directory: pathlib.Path, run: RunCheckpoint, parity: dict | None) -> dict:
     manifest = {"format_version": FORMAT_VERSION, "files": file_hashes(directory),
-                "source": {"workdir": str(run.workdir), "step": run.step},
+                "source": {"workdir": str(run.workdir), "step": run.step, "weights": run.weights},
                 "qk_norm": run.cfg.dit.qk_norm, "parity": parity,
                 "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")}
     (directory / "manifest.json").write_text(json.dumps(manifest, indent=1))
@@ -236,13 +248,13 @@ def parity_gate(run: RunCheckpoint, bundle: pathlib.Path, tolerance: float) -> d
 
 def export(workdir: str | os.PathLike, out: str | os.PathLike, *, step: int | None = None, overwrite: bool = False,
            tolerance: float = 1e-4, tokenizer: str | os.PathLike | None = None, preprocess: str = "squash",
-           run: RunCheckpoint | None = None) -> dict:
+           ema: bool = False, run: RunCheckpoint | None = None) -> dict:
     """Writes the bundle of `workdir`'s step `step` to `out` (see module docstring); returns its manifest.
 
     `run` skips reading the workdir (already read with `read_run`)."""
     out = pathlib.Path(out).absolute()
     _check_replaceable(out, overwrite)
-    run = run or read_run(workdir, step, tokenizer)
+    run = run or read_run(workdir, step, tokenizer, ema=ema)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
@@ -292,11 +304,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--overwrite", action="store_true", help="replace an existing bundle")
     ap.add_argument("--tolerance", type=float, default=1e-4, help="parity gate: max abs normalized-action difference")
     ap.add_argument("--tokenizer", default=None, help="tokenizer.model (default: the run's data.tokenizer)")
+    ap.add_argument("--ema", action="store_true", help="export the run's moving average of the params "
+                    "(optim.ema_decay > 0) instead of the params")
     ap.add_argument("--preprocess", choices=["squash", "official"], default="squash",
                     help="image preprocessing the bundle applies: 'squash' as in training, 'official' as the release")
     args = ap.parse_args(argv)
     manifest = export(args.workdir, args.out, step=args.step, overwrite=args.overwrite, tolerance=args.tolerance,
-                      tokenizer=args.tokenizer, preprocess=args.preprocess)
+                      tokenizer=args.tokenizer, preprocess=args.preprocess, ema=args.ema)
     p = manifest["parity"]
     print(f"wrote {args.out} (step {manifest['source']['step']}, q/k norm {manifest['qk_norm']}); parity: max |Δ| "
           f"{p['max_abs_normalized']:.2e} <= {p['tolerance']:g} on outputs up to {p['output_scale']:.3g}")

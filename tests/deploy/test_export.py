@@ -19,8 +19,9 @@ FILES = {"manifest.json", "config.json", "action_head.safetensors", "dataset_sta
 
 
 def tiny_run(root: pathlib.Path, qk_norm: str = "timm_0_9_10", seed: int = 0) -> pathlib.Path:
-    """A run folder as the trainer leaves it (debug recipe, tiny model), with random weights everywhere (the
-    zero-initialised AdaLN and output layers included) and random statistics; written directly, no training."""
+    """A run folder as the trainer leaves it (debug recipe, tiny model, a moving average kept), with random
+    weights everywhere (the zero-initialised AdaLN and output layers included; the average is half the
+    params) and random statistics; written directly, no training."""
     import jax
 
     from configs import debug
@@ -36,6 +37,7 @@ def tiny_run(root: pathlib.Path, qk_norm: str = "timm_0_9_10", seed: int = 0) ->
     with config.unlocked():
         config.data.tokenizer = str(tok)
         config.model.qk_norm = qk_norm
+        config.optim.ema_decay = 0.99
     shapes = jax.eval_shape(VitraPolicy(variants.from_config(config.model)).init, jax.random.key(0))
     rng = np.random.default_rng(seed)
     params = names.unflatten({k: (rng.normal(size=v.shape) * (0.2 if k.startswith("vlm/") else 0.05))
@@ -46,8 +48,9 @@ def tiny_run(root: pathlib.Path, qk_norm: str = "timm_0_9_10", seed: int = 0) ->
                               state_std=rng.uniform(0.05, 1, d), state_q01=np.zeros(d), state_q99=np.zeros(d),
                               num_frames=100, num_episodes=3)
     out = root / "run"
+    ema = {k: v * np.float32(0.5) for k, v in names.flatten(params).items()}
     convert.write_run_folder(out, params, config=json.loads(config.to_json_best_effort()), statistics=stats,
-                             step=STEP)
+                             step=STEP, ema_params=names.unflatten(ema))
     return out
 
 
@@ -76,7 +79,7 @@ def test_bundle_files_hashes_and_manifest(exported, run_dir):
     for rel in FILES - {"manifest.json"}:
         assert manifest["files"][rel] == hashlib.sha256((out / rel).read_bytes()).hexdigest(), rel
     assert manifest["files"].keys() == FILES - {"manifest.json"}
-    assert manifest["source"] == {"workdir": str(run_dir), "step": STEP}
+    assert manifest["source"] == {"workdir": str(run_dir), "step": STEP, "weights": "params"}
     assert manifest["qk_norm"] == "timm_0_9_10"
     p = manifest["parity"]
     assert p["max_abs_normalized"] <= p["tolerance"] == 1e-4
@@ -168,6 +171,19 @@ def test_official_preprocessing_bundle_passes_the_gate_on_the_resized_image(run,
     manifest = export.export(run.workdir, tmp_path / "b", run=run, preprocess="official")
     assert json.loads((tmp_path / "b" / "config.json").read_text())["preprocess"] == "official"
     assert manifest["parity"]["max_abs_normalized"] <= 1e-4
+
+
+def test_moving_average_of_the_params_exports_with_ema(run_dir, run, tmp_path):
+    from safetensors.numpy import load_file
+
+    ema = export.read_run(run_dir, ema=True)
+    want = names.flatten(run.params)
+    got = names.flatten(ema.params)
+    assert got.keys() == want.keys() and all(np.array_equal(np.asarray(got[k]), want[k] * 0.5) for k in want)
+    manifest = export.export(run_dir, tmp_path / "b", ema=True)
+    assert manifest["source"]["weights"] == "ema_params" and manifest["parity"]["max_abs_normalized"] <= 1e-4
+    head = load_file(str(tmp_path / "b" / "action_head.safetensors"))
+    np.testing.assert_array_equal(head["cognition_token"], 0.5 * np.asarray(run.params["cognition_token"]))
 
 
 def test_corrupted_or_missing_files_are_named(exported, tmp_path):

@@ -113,6 +113,8 @@ def test_convert_cli_official_round_trip_through_the_release_layout(tmp_path):
     assert a.keys() == b.keys() and all(np.array_equal(a[k], np.asarray(b[k])) for k in a)
     for name in ("action_mean", "action_std", "state_mean", "state_std"):
         np.testing.assert_array_equal(getattr(back.statistics, name), getattr(stats, name), err_msg=name)
+    with pytest.raises(ValueError, match="kept no moving average"):
+        read_run(tmp_path / "back", need_tokenizer=False, ema=True)
 
 
 def test_convert_to_official_refuses_an_rms_run_and_writes_nothing(tmp_path):

@@ -32,11 +32,12 @@ from vitra_jax.weights import hf, npz
 
 
 def write_run_folder(out: str | os.PathLike, params: Any, *, config: dict, statistics: Any | None = None,
-                     policy_config: Any | None = None, step: int = 0) -> None:
+                     policy_config: Any | None = None, step: int = 0, ema_params: Any | None = None) -> None:
     """A run folder holding one params-only checkpoint at `step`, as `checkpoint.restore_params` and
     `vitra_jax.export.read_run` read it: `checkpoints/<step>/{state,meta}`, `config.json` (`config`, the run's
     training config or the part of it that applies) and `statistics.json` (a `DatasetStatistics`).
-    `policy_config` (a PolicyConfig) is recorded for models no training config names (official imports)."""
+    `policy_config` (a PolicyConfig) is recorded for models no training config names (official imports);
+    `ema_params` are stored beside the params as the trainer stores its moving average."""
     import orbax.checkpoint as ocp
 
     from vitra_jax.checkpoint import param_shapes
@@ -49,7 +50,8 @@ def write_run_folder(out: str | os.PathLike, params: Any, *, config: dict, stati
     with hf.atomic_output_dir(out) as tmp:
         options = ocp.CheckpointManagerOptions(create=True, enable_async_checkpointing=False)
         with ocp.CheckpointManager(tmp / "checkpoints", options=options) as mngr:
-            mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave({"params": params}),
+            state = {"params": params} if ema_params is None else {"params": params, "ema_params": ema_params}
+            mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                                     meta=ocp.args.JsonSave(meta)))
             mngr.wait_until_finished()
         (tmp / "config.json").write_text(json.dumps(config, indent=1))
