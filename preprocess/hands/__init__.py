@@ -1,0 +1,6 @@
+"""Camera-space hands: backends turning a clip's frames into MANO hands in the release's conventions.
+
+`base.HandBackend` is the interface; `mediapipe_backend` runs offline on CPU (MediaPipe in its own venv, PnP,
+MANO fit); `precomputed`, `wilor` and `hawor` read results computed elsewhere. Submodules are imported by
+name so that reading files never pulls in torch.
+"""
