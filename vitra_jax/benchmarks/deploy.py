@@ -4,12 +4,13 @@
         [--torch_threads=1]
     python -m vitra_jax.benchmarks.deploy --full [--repeats=20]      # needs a CUDA GPU
 
-Default (CPU, fp32): the `tiny` policy with random JAX weights, exported through the official state-dict
-layout into `TorchVitraPolicy` and wrapped in `DeployedPolicy`; one observation (224 x 298 image, both
-hands), the same initial noise on both sides (the max |diff| of the normalized chunks is printed as a
-check). `--full`: the 3B policy (PaliGemma-2 3B-224 + DiT-B, the release's q/k norm) with random weights in
-bf16, nothing downloaded, 10 DDIM steps and CFG 5 by default, eager then with torch.compile and CUDA graphs;
-prints median / p95 latency and peak GPU memory (`torch.cuda.max_memory_allocated`). Prints one table.
+Default (CPU, fp32): the `tiny` policy with random weights shared by the JAX policy and `TorchVitraPolicy`
+(through the official state-dict layout) wrapped in `DeployedPolicy`; one observation (224 x 298 image,
+both hands); the same initial noise on both sides (the max |diff| of the normalized chunks is printed as a
+check); and the torch policy once more behind the websocket server (`vitra_jax.deploy.serve`, one client).
+`--full`: the 3B policy (PaliGemma-2 3B-224 + DiT-B, the release's q/k norm) with random weights in bf16,
+nothing downloaded, 10 DDIM steps and CFG 5 by default, eager, CUDA graphs, torch.compile and both; prints
+median / p95 latency and peak GPU memory (`torch.cuda.max_memory_allocated`). Prints one table.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 
@@ -60,6 +62,29 @@ def _tokenizer(tmp: str):
     return Tokenizer(train_sentencepiece([INSTRUCTION] * 20, tmp, vocab_size=300))
 
 
+def served_latency_ms(policy, obs: dict, steps: int, cfg_scale: float, warmup: int,
+                      repeats: int) -> tuple[float, float]:
+    """(median, p95) ms of one `PolicyClient.infer` round trip to an in-process server of `policy`: the same
+    inference plus msgpack and websocket costs."""
+    from vitra_jax.deploy.client import PolicyClient
+    from vitra_jax.deploy.serve import serve
+
+    started, holder = threading.Event(), {}
+    thread = threading.Thread(target=serve, args=(policy, "127.0.0.1", 0), daemon=True,
+                              kwargs={"max_batch": 1, "batch_wait_ms": 0,
+                                      "on_ready": lambda srv: (holder.update(server=srv), started.set())})
+    thread.start()
+    if not started.wait(60):
+        raise RuntimeError("the policy server did not start within 60 s")
+    try:
+        with PolicyClient("127.0.0.1", holder["server"].port) as client:
+            request = {**obs, "num_ddim_steps": steps, "cfg_scale": cfg_scale, "seed": 0}
+            return latency_ms(lambda: client.infer(request), warmup, repeats)
+    finally:
+        holder["server"].stop()
+        thread.join(60)
+
+
 def tiny_rows(repeats: int, warmup: int, steps: int, cfg_scale: float, threads: int = 1) -> tuple[list[tuple], str]:
     """Rows (name, median ms, p95 ms) for JAX and torch on CPU, and a header line."""
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
@@ -99,7 +124,8 @@ def tiny_rows(repeats: int, warmup: int, steps: int, cfg_scale: float, threads: 
     run_torch = lambda: torch_policy.predict_action(*args, **kw)
     diff = float(np.abs(run_jax()["normalized"] - run_torch()["normalized"]).max())
     rows = [("jax predict_action", *latency_ms(run_jax, warmup, repeats)),
-            ("torch predict_action", *latency_ms(run_torch, warmup, repeats))]
+            ("torch predict_action", *latency_ms(run_torch, warmup, repeats)),
+            ("torch served (1 client)", *served_latency_ms(torch_policy, obs, steps, cfg_scale, warmup, repeats))]
     n_params = sum(p.numel() for p in model.parameters())
     header = (f"device=cpu variant=tiny dtype=float32 params={n_params / 1e6:.2f}M ddim_steps={steps} "
               f"cfg_scale={cfg_scale} torch_threads={torch.get_num_threads()} "
