@@ -257,3 +257,21 @@ def test_deploy_config_round_trips_through_json(timm_pair):
         dataclasses.replace(c, qk_norm="layer")
     with pytest.raises(ValueError, match="image_size 224 differs"):
         dataclasses.replace(c, image_size=224)
+
+
+def test_compiled_dit_traces_as_one_graph_and_samples_the_same(timm_pair):
+    """`compile_dit` goes through torch.compile with fullgraph=True (a graph break would raise); the eager
+    backend keeps this CPU test fast, inductor itself is what `DeployedPolicy(compile=True)` uses."""
+    model = _fresh(timm_pair)
+    keys = list(model.state_dict())
+    rng = np.random.default_rng(6)
+    z = torch.from_numpy(rng.normal(size=(2, 48)).astype(np.float32))
+    state = torch.from_numpy(rng.normal(size=(2, 102)).astype(np.float32))
+    ones = torch.ones(2, 102)
+    mask = torch.ones(2, 16, 102)
+    noise = torch.from_numpy(rng.normal(size=(2, 1, 16, 102)).astype(np.float32))
+    want = model.denoise(z, state, ones, mask, noise=noise)
+    model.compile_dit(backend="eager", fullgraph=True)
+    got = model.denoise(z, state, ones, mask, noise=noise)
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
+    assert list(model.state_dict()) == keys  # the compiled wrapper is not a registered submodule

@@ -226,12 +226,13 @@ class TorchVitraPolicy(nn.Module):
             raise ValueError(f"action_mask must be (B, {n}, {a}) and state (B, {cfg.state_dim}); "
                              f"got {tuple(action_mask.shape)} and {tuple(state.shape)}")
 
-        def rep(v: torch.Tensor, width: int) -> torch.Tensor:
-            return self._pad(v.to(dev), width).repeat_interleave(s, dim=0)
+        def rep(v: torch.Tensor) -> torch.Tensor:  # each row S times in a row (no host sync: CUDA-graph safe)
+            return v[:, None].expand(v.shape[0], s, *v.shape[1:]).reshape(v.shape[0] * s, *v.shape[1:])
 
-        z = z.to(dev).float().repeat_interleave(s, dim=0)
-        state, state_mask = rep(state, cfg.state_pad), rep(state_mask, cfg.state_pad)
-        mask = rep(action_mask, cfg.action_pad)
+        z = rep(z.to(dev).float())
+        state, state_mask = rep(self._pad(state.to(dev), cfg.state_pad)), rep(self._pad(state_mask.to(dev),
+                                                                                      cfg.state_pad))
+        mask = rep(self._pad(action_mask.to(dev), cfg.action_pad))
         if noise is None:
             x = torch.randn((b * s, n, a), generator=generator, device=dev)
         else:
