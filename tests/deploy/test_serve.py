@@ -274,6 +274,33 @@ def test_stop_answers_the_request_in_flight_then_closes(running, policy):
         PolicyClient("127.0.0.1", running.port, timeout=2)
 
 
+def test_shutdown_gives_up_after_the_drain_timeout_with_an_error_reply():
+    import asyncio
+
+    from vitra_jax.deploy.serve import PolicyServer
+
+    policy = ArithmeticPolicy(delay_s=1.0)  # a 'slow' batch takes 2 s
+    server, ready = PolicyServer(policy, max_batch=1, batch_wait_ms=0), threading.Event()
+    thread = threading.Thread(target=lambda: asyncio.run(server.run("127.0.0.1", 0, lambda _: ready.set(),
+                                                                    drain_timeout_s=0.2)))
+    thread.start()
+    assert ready.wait(10)
+    rng = np.random.default_rng(6)
+    with connect(f"ws://127.0.0.1:{server.port}", proxy=None) as raw:
+        wire.decode(raw.recv(10))
+        raw.send(wire.encode(make_obs(rng, instruction="slow", request_id="running")))
+        assert policy.started.wait(10)
+        raw.send(wire.encode(make_obs(rng, request_id="queued")))
+        time.sleep(0.1)
+        t0 = time.perf_counter()
+        server.stop()
+        replies = {r["request_id"]: r for r in (wire.decode(raw.recv(10)) for _ in range(2))}
+    thread.join(10)
+    assert not thread.is_alive() and time.perf_counter() - t0 < 1.5  # did not wait for the 2 s batch
+    for rid in ("running", "queued"):
+        assert replies[rid] == {"error": "server shut down before answering", "request_id": rid}
+
+
 def test_sigterm_shuts_the_server_down_cleanly():
     code = ("import sys; sys.path.insert(0, 'tests/deploy'); from test_serve import ArithmeticPolicy;"
             "from vitra_jax.deploy.serve import serve;"
