@@ -186,14 +186,18 @@ def test_moving_average_of_the_params_exports_with_ema(run_dir, run, tmp_path):
     np.testing.assert_array_equal(head["cognition_token"], 0.5 * np.asarray(run.params["cognition_token"]))
 
 
-def test_corrupted_or_missing_files_are_named(exported, tmp_path):
+def test_corrupted_or_missing_files_are_named(exported, tmp_path, capsys):
     out = tmp_path / "b"
     shutil.copytree(exported[0], out)
+    bundle_lib.main([str(out)])
+    assert f"{out}: OK (6 files match the manifest)" in capsys.readouterr().out
     data = bytearray((out / "action_head.safetensors").read_bytes())
     data[-1] ^= 1
     (out / "action_head.safetensors").write_bytes(bytes(data))
     with pytest.raises(bundle_lib.BundleError, match=r"action_head\.safetensors is corrupted"):
         bundle_lib.load_bundle(out)
+    with pytest.raises(SystemExit, match=r"error: .*action_head\.safetensors is corrupted"):
+        bundle_lib.main([str(out)])
     shutil.copyfile(exported[0] / "action_head.safetensors", out / "action_head.safetensors")
     (out / "paligemma" / "model.safetensors").unlink()
     with pytest.raises(bundle_lib.BundleError, match=r"paligemma/model\.safetensors is missing"):

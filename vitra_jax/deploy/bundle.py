@@ -9,6 +9,8 @@ Layout of a bundle folder:
     tokenizer.model          sentencepiece model
 Every file's hash is checked before anything is loaded, so a corrupted or edited file is named instead of
 silently giving other actions. Torch, transformers, safetensors, sentencepiece and numpy only.
+
+    python -m vitra_jax.deploy.bundle BUNDLE    # check a copied bundle's hashes, print what it holds
 """
 
 from __future__ import annotations
@@ -123,3 +125,33 @@ def load_bundle(path: str | os.PathLike, *, device: str = "cpu", dtype: str = "f
     model = load_model(path, config)
     return DeployedPolicy(model, Tokenizer(path / "tokenizer.model"), normalizer, config, device, dtype,
                           compile=compile, cuda_graphs=cuda_graphs)
+
+
+def describe(path: str | os.PathLike) -> str:
+    """One paragraph about a verified bundle: source run and step, weights, model sizes, parity figures."""
+    manifest = verify_bundle(path)
+    c = json.loads((pathlib.Path(path) / "config.json").read_text())
+    src, p = manifest["source"], manifest.get("parity") or {}
+    return (f"{path}: OK ({len(manifest['files'])} files match the manifest)\n"
+            f"  source {src.get('workdir')} step {src.get('step')} ({src.get('weights', 'params')})\n"
+            f"  DiT depth {c['dit_depth']} width {c['dit_width']} heads {c['dit_heads']}, q/k norm {c['qk_norm']}, "
+            f"image {c['image_size']} ({c['preprocess']}), chunk {c['chunk_len']}\n"
+            f"  parity vs JAX: max |Δ normalized| {p.get('max_abs_normalized', float('nan')):.2e} "
+            f"(tolerance {p.get('tolerance', float('nan')):g})")
+
+
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+    import sys
+
+    ap = argparse.ArgumentParser(prog="python -m vitra_jax.deploy.bundle", description="Verify a policy bundle.")
+    ap.add_argument("bundle")
+    args = ap.parse_args(argv)
+    try:
+        print(describe(args.bundle))
+    except BundleError as e:
+        sys.exit(f"error: {e}")
+
+
+if __name__ == "__main__":
+    main()
