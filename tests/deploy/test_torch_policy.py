@@ -275,3 +275,5 @@ def test_compiled_dit_traces_as_one_graph_and_samples_the_same(timm_pair):
     got = model.denoise(z, state, ones, mask, noise=noise)
     torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
     assert list(model.state_dict()) == keys  # the compiled wrapper is not a registered submodule
+    model.compile_dit(False)
+    assert model._dit() is model.act_model.net

@@ -196,9 +196,13 @@ class TorchVitraPolicy(nn.Module):
         return out.last_hidden_state[:, -1].float()
 
     # ----------------------------------------------------------------------------------------------- head
-    def compile_dit(self, **kwargs: Any) -> None:
-        """Runs the DiT through `torch.compile(**kwargs)` in `denoise`; parameters and state dict unchanged."""
-        self.__dict__["_dit_call"] = torch.compile(self.act_model.net, **kwargs)
+    def compile_dit(self, enable: bool = True, **kwargs: Any) -> None:
+        """Runs the DiT through `torch.compile(**kwargs)` in `denoise` (enable=False: eager again); parameters and
+        state dict unchanged."""
+        if enable:
+            self.__dict__["_dit_call"] = torch.compile(self.act_model.net, **kwargs)
+        else:
+            self.__dict__.pop("_dit_call", None)
 
     def _dit(self) -> Callable[..., torch.Tensor]:
         return self.__dict__.get("_dit_call", self.act_model.net)

@@ -70,8 +70,7 @@ class DeployedPolicy:
         self.dtype, self.compile, self.cuda_graphs = dtype, compile, cuda_graphs
         model.to(self.device).eval()
         model.backbone.to(DTYPES[dtype])
-        if compile:
-            model.compile_dit()
+        model.compile_dit(compile)
         self._graphs: dict[tuple, _GraphedDenoise] = {}
 
     def metadata(self) -> dict:
