@@ -208,6 +208,8 @@ def test_inputs_are_checked_and_options_named(timm_pair, tokenizer, normalizer):
     with pytest.raises(ValueError, match=r"observation 1: missing keys \['fov'\], unknown keys \['fovx'\]"):
         bad = {k: v for k, v in obs.items() if k != "fov"}
         deployed.predict_batch([obs, {**bad, "fovx": obs["fov"]}])
+    with pytest.raises(ValueError, match=r"observation 1: image must be uint8 \(H, W, 3\), got float32"):
+        deployed.predict_batch([obs, {**obs, "image": obs["image"].astype(np.float32)}])
     with pytest.raises(ValueError, match="noise must have shape"):
         deployed.predict_action(**obs, noise=np.zeros((2, 16, 102)))
     with pytest.raises(ValueError, match="cuda_graphs needs a CUDA device"):

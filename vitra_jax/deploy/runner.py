@@ -126,6 +126,12 @@ class DeployedPolicy:
                              f"got {np.shape(step_noise)}")
         return opts
 
+    def _image(self, i: int, image: np.ndarray) -> np.ndarray:
+        try:
+            return prepare_image(image, self.config.image_size, self.config.preprocess)
+        except ValueError as e:
+            raise ValueError(f"observation {i}: {e}") from None
+
     def _draw(self, obs: dict, opts: dict) -> tuple[torch.Tensor, torch.Tensor | None]:
         """x_T (S, N, A) and, for DDPM, the per-step noise (T, S, N, A); drawn on the CPU so a seed means the
         same noise on every device."""
@@ -151,7 +157,7 @@ class DeployedPolicy:
             return []
         opts = [self._check(i, o) for i, o in enumerate(observations)]
         c, dev = self.config, self.device
-        images = np.stack([prepare_image(o["image"], c.image_size, c.preprocess) for o in observations])
+        images = np.stack([self._image(i, o["image"]) for i, o in enumerate(observations)])
         tokens, mask = self.tokenizer.batch_encode([o["instruction"] for o in observations], c.max_text_len)
         state_masks = np.stack([np.asarray(o["state_mask"], np.float32) for o in observations])
         states = np.stack([normalized_state(self.normalizer, o["state"], m) for o, m in zip(observations, state_masks,
