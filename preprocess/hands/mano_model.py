@@ -100,9 +100,12 @@ def load_mano(mano_dir: str | Path, dtype=torch.float64) -> ManoRight:
 
 def release_joints(model: ManoRight, beta: np.ndarray, hand_pose: np.ndarray, orient: np.ndarray,
                    wrist: np.ndarray, hand: str) -> np.ndarray:
-    """(T, 21, 3) joints in the release convention: orient · mirror(J_right − J0) + wrist (mirror for left)."""
+    """(T, 21, 3) joints in the release convention: orient · mirror(J_right − J0) + wrist (mirror for left).
+
+    beta (10,) shared or (T, 10) per frame."""
+    beta = np.asarray(beta, np.float64).reshape(-1, 10)
     with torch.no_grad():
-        local = model.keypoints(torch.as_tensor(np.asarray(beta, np.float64)[None], dtype=model.dtype),
+        local = model.keypoints(torch.as_tensor(beta, dtype=model.dtype),
                                 torch.as_tensor(np.asarray(hand_pose, np.float64), dtype=model.dtype))
     local = local.double().numpy()
     if hand == "left":

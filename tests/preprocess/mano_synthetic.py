@@ -24,7 +24,10 @@ JOINT_VERTEX_IDS = tuple(11 + 23 * j for j in range(16))  # one regressor vertex
 WRIST_REST = np.array([0.0957, 0.0064, 0.0062])  # where the synthetic wrist joint sits in the template
 
 
-def synthetic_mano_arrays() -> dict:
+def synthetic_mano_arrays(left: bool = False, pose_correctives: bool = True) -> dict:
+    """The right model; or, with `left`, its exact mirror image (x negated in the template, the joints and the
+    shape directions: the left model as HaWoR uses it, after its shapedirs sign fix). Pose correctives are not
+    mirror-symmetric under the same matrix, so a mirrored pair needs `pose_correctives=False` on both sides."""
     rng = np.random.default_rng(0)
     joints = REST_JOINTS[:16] + WRIST_REST
     tips = REST_JOINTS[16:] + WRIST_REST
@@ -40,15 +43,21 @@ def synthetic_mano_arrays() -> dict:
     shapedirs = rng.normal(0.0, 1e-3, (NUM_VERTS, 3, 10))
     shapedirs[:, :, 0] = 0.05 * (v - joints[0])  # beta_0 = 1 makes the hand 5% larger about the wrist
     q, _ = np.linalg.qr(rng.normal(size=(45, 45)))
+    posedirs = rng.normal(0.0, 1e-3, (NUM_VERTS, 3, 135)) * pose_correctives
+    faces = rng.integers(0, NUM_VERTS, (1538, 3)).astype(np.uint32)
+    if left:
+        v, joints = v * [-1.0, 1.0, 1.0], joints * [-1.0, 1.0, 1.0]
+        shapedirs[:, 0] *= -1
+        faces = faces[:, [0, 2, 1]]
     kintree = np.array([[4294967295] + list(MANO_PARENTS[1:]), list(range(16))], dtype=np.int64)
     return {
         "v_template": v,
         "shapedirs": shapedirs,
-        "posedirs": rng.normal(0.0, 1e-3, (NUM_VERTS, 3, 135)),
+        "posedirs": posedirs,
         "J_regressor": scipy.sparse.csc_matrix(regressor),
         "weights": weights,
         "kintree_table": kintree,
-        "f": rng.integers(0, NUM_VERTS, (1538, 3)).astype(np.uint32),
+        "f": faces,
         "hands_components": q,
         "hands_mean": rng.normal(0.0, 0.1, 45),
         "hands_coeffs": rng.normal(0.0, 0.1, (1554, 45)),
@@ -58,10 +67,31 @@ def synthetic_mano_arrays() -> dict:
     }
 
 
-def write_synthetic_mano(folder: str | Path) -> Path:
-    """Write `folder/MANO_RIGHT.pkl` (pickle protocol 2, like the release) and return its path."""
-    path = Path(folder) / "MANO_RIGHT.pkl"
+def write_synthetic_mano(folder: str | Path, left: bool = False, pose_correctives: bool = True) -> Path:
+    """Write `folder/MANO_RIGHT.pkl` (or `MANO_LEFT.pkl`; pickle protocol 2, like the release); return its path."""
+    path = Path(folder) / ("MANO_LEFT.pkl" if left else "MANO_RIGHT.pkl")
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "wb") as f:
-        pickle.dump(synthetic_mano_arrays(), f, protocol=2)
+        pickle.dump(synthetic_mano_arrays(left, pose_correctives), f, protocol=2)
     return path
+
+
+OPENPOSE_FROM_MANO = [0, 13, 14, 15, 16, 1, 2, 3, 17, 4, 5, 6, 18, 10, 11, 12, 19, 7, 8, 9, 20]
+
+
+def smplx_joints(model_file, beta, pose_aa, orient_aa, transl) -> np.ndarray:
+    """(T, 21, 3) OpenPose joints by smplx's full MANO forward: the 16 joints, then the fingertip vertices
+    (thumb 744, index 320, middle 443, ring 554, pinky 671) appended and reordered, as the release's MANO
+    wrapper does. beta (10,) or (T, 10); pose_aa (T, 15, 3), orient_aa (T, 3), transl (T, 3)."""
+    import smplx
+    import torch
+
+    n = len(pose_aa)
+    layer = smplx.MANO(model_path=str(model_file), is_rhand="RIGHT" in Path(model_file).name, use_pca=False,
+                       flat_hand_mean=True, batch_size=n, dtype=torch.float64)
+    betas = torch.tensor(np.broadcast_to(np.asarray(beta, np.float64), (n, 10)).copy())
+    out = layer(betas=betas, global_orient=torch.tensor(np.asarray(orient_aa, np.float64)),
+                hand_pose=torch.tensor(np.asarray(pose_aa, np.float64).reshape(n, 45)),
+                transl=torch.tensor(np.asarray(transl, np.float64)))
+    joints = torch.cat([out.joints, out.vertices[:, list(TIP_VERTEX_IDS)]], 1).detach().numpy()
+    return joints[:, OPENPOSE_FROM_MANO]

@@ -6,16 +6,14 @@ References written out here: the release's 21 keypoints (smplx MANO joints + fin
 
 import numpy as np
 import pytest
-import smplx
 import torch
 from scipy.spatial.transform import Rotation
 
 from preprocess.hands.fit import FitConfig, axis_angle_to_matrix, fit_hand, kabsch, rotation_6d_to_matrix
 from preprocess.hands.mano_model import MissingManoError, load_mano, wrist_rest
-from tests.preprocess.mano_synthetic import write_synthetic_mano
+from tests.preprocess.mano_synthetic import OPENPOSE_FROM_MANO, write_synthetic_mano
+from tests.preprocess.mano_synthetic import smplx_joints as synthetic_joints
 
-OPENPOSE_FROM_MANO = [0, 13, 14, 15, 16, 1, 2, 3, 17, 4, 5, 6, 18, 10, 11, 12, 19, 7, 8, 9, 20]
-TIPS = [744, 320, 443, 554, 671]
 
 
 @pytest.fixture(scope="module")
@@ -32,14 +30,7 @@ def model(mano_dir):
 
 
 def smplx_joints(mano_dir, beta, pose_aa, orient_aa, transl):
-    """21 OpenPose joints from smplx's full MANO forward (all 778 vertices)."""
-    n = len(pose_aa)
-    layer = smplx.MANO(model_path=str(mano_dir / "MANO_RIGHT.pkl"), is_rhand=True, use_pca=False,
-                       flat_hand_mean=True, batch_size=n, dtype=torch.float64)
-    out = layer(betas=torch.tensor(beta)[None].expand(n, 10), global_orient=torch.tensor(orient_aa),
-                hand_pose=torch.tensor(pose_aa.reshape(n, 45)), transl=torch.tensor(transl))
-    joints = torch.cat([out.joints, out.vertices[:, TIPS]], 1).detach().numpy()
-    return joints[:, OPENPOSE_FROM_MANO]
+    return synthetic_joints(mano_dir / "MANO_RIGHT.pkl", beta, pose_aa, orient_aa, transl)
 
 
 def natural_poses(mano_dir, n, rng, scale=0.35):

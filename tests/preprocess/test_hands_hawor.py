@@ -1,0 +1,132 @@
+"""HaWoR adapters: files written here in HaWoR's and VITRA's formats from known MANO parameters.
+
+Ground truth is each tool's own generative definition, run with smplx on a synthetic mirror-symmetric pair
+of MANO files: HaWoR renders a left hand with MANO_LEFT(root, pose, betas, transl) (`run_mano_left`);
+VITRA's wrapper gives the wrist joint as `transl` and left fingers in right-hand form
+(j = MANO_R(β, θ, I).joints; x negated for left; j_cam = R·(j − j0) + transl). The release definition of
+the result, J = orient · mirror(J_right − J0) + wrist, is checked separately.
+"""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from scipy.spatial.transform import Rotation
+
+from preprocess.hands.hawor import HaworError, hawor_camera, read_cam_space, read_vitra_hawor
+from preprocess.hands.mano_model import load_mano
+from tests.preprocess.mano_synthetic import smplx_joints, write_synthetic_mano
+
+M = np.diag([-1.0, 1.0, 1.0])
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory):
+    d = tmp_path_factory.mktemp("mano_pair")
+    right = write_synthetic_mano(d, pose_correctives=False)
+    left = write_synthetic_mano(d, left=True, pose_correctives=False)
+    torch.set_num_threads(1)
+    return right, left, load_mano(d)
+
+
+def release_definition(right_file, cam_hand, hand):
+    """orient · mirror(J_right(β, hand_pose) − J0) + wrist, with smplx's right model."""
+    pose_aa = Rotation.from_matrix(cam_hand.hand_pose.reshape(-1, 3, 3)).as_rotvec().reshape(-1, 15, 3)
+    n = len(pose_aa)
+    j = smplx_joints(right_file, cam_hand.beta, pose_aa, np.zeros((n, 3)), np.zeros((n, 3)))
+    j = j - j[:, :1]
+    if hand == "left":
+        j = j @ M
+    return np.einsum("tab,tjb->tja", cam_hand.orient, j) + cam_hand.wrist[:, None]
+
+
+def _params(rng, n):
+    return (Rotation.random(n, random_state=rng.integers(1000)).as_rotvec(), rng.normal(0, 0.3, (n, 15, 3)),
+            rng.normal(0, 0.05, (n, 3)) + [0, 0, 0.4], rng.normal(0, 0.7, 10))
+
+
+def _write_chunk(folder, idx, first, root, pose, transl, beta):
+    n = len(root)
+    mats = Rotation.from_rotvec
+    d = {"init_root_orient": [mats(root).as_matrix().tolist()],
+         "init_hand_pose": [mats(pose.reshape(-1, 3)).as_matrix().reshape(n, 15, 3, 3).tolist()],
+         "init_trans": [transl.tolist()], "init_betas": [np.tile(beta, (n, 1)).tolist()]}
+    (folder / str(idx)).mkdir(parents=True, exist_ok=True)
+    (folder / str(idx) / f"{first}_{first + n - 1}.json").write_text(json.dumps(d))
+
+
+def test_cam_space_json_left_and_right(pair, tmp_path):
+    right_file, left_file, model = pair
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "cam_space"
+    truth = {}
+    for idx, hand, model_file, spans in ((0, "left", left_file, [(2, 4)]), (1, "right", right_file, [(0, 4), (6, 2)])):
+        beta = rng.normal(0, 0.7, 10)
+        for first, n in spans:
+            root, pose, transl, _ = _params(rng, n)
+            _write_chunk(folder, idx, first, root, pose, transl, beta)
+            truth[(hand, first)] = smplx_joints(model_file, beta, pose, root, transl)  # HaWoR's own rendering
+
+    cam = read_cam_space(folder, 9, model)
+
+    assert cam.hands["left"].kept.tolist() == [0, 0, 1, 1, 1, 1, 0, 0, 0]
+    assert cam.hands["right"].kept.tolist() == [1, 1, 1, 1, 0, 0, 1, 1, 0]
+    for (hand, first), joints in truth.items():
+        got = cam.hands[hand]
+        span = slice(first, first + len(joints))
+        np.testing.assert_allclose(got.joints[span], joints, atol=1e-7)
+        np.testing.assert_allclose(got.wrist[span], joints[:, 0], atol=1e-7)
+    for hand in ("left", "right"):
+        got = cam.hands[hand]
+        np.testing.assert_allclose(release_definition(right_file, got, hand)[got.kept], got.joints[got.kept],
+                                   atol=1e-7)
+
+
+def test_cam_space_refocus_keeps_the_wrist_pixel(pair, tmp_path):
+    _, left_file, model = pair
+    root, pose, transl, beta = _params(np.random.default_rng(1), 3)
+    _write_chunk(tmp_path, 0, 0, root, pose, transl, beta)
+    k = np.array([[1400.0, 0, 950], [0, 1380.0, 530], [0, 0, 1]])
+    plain = read_cam_space(tmp_path, 3, model).hands["left"]
+    moved = read_cam_space(tmp_path, 3, model, k=k, image_size=(1920, 1080)).hands["left"]
+    k_hawor = hawor_camera(1920, 1080)  # f = 600 at the image centre
+    uv = lambda p, kk: (p @ kk.T)[:, :2] / (p @ kk.T)[:, 2:]  # noqa: E731
+    np.testing.assert_allclose(uv(moved.wrist, k), uv(plain.wrist, k_hawor), atol=1e-7)
+    np.testing.assert_allclose(moved.wrist[:, 2], plain.wrist[:, 2] * 1400.0 / 600.0)
+    np.testing.assert_allclose(moved.joints - moved.wrist[:, None], plain.joints - plain.wrist[:, None], atol=1e-12)
+
+
+def test_vitra_wrapper_output(pair, tmp_path):
+    right_file, _, model = pair
+    rng = np.random.default_rng(2)
+    d, truth = {"fov_x": 67.7}, {}
+    for hand, frames in (("left", [1]), ("right", [0, 2])):
+        d[hand] = {}
+        beta = rng.normal(0, 0.7, 10)  # one shape per hand: a CamHand has one
+        for t in frames:
+            root, pose, wrist, _ = _params(rng, 1)
+            j = smplx_joints(right_file, beta, pose, np.zeros((1, 3)), np.zeros((1, 3)))[0]
+            if hand == "left":
+                j = j @ M
+            r = Rotation.from_rotvec(root[0]).as_matrix()
+            truth[(hand, t)] = (j - j[0]) @ r.T + wrist[0]
+            d[hand][t] = {"beta": beta, "global_orient": r, "transl": wrist[0],
+                          "hand_pose": Rotation.from_rotvec(pose[0]).as_matrix()}
+    np.save(tmp_path / "0001.npy", np.array(d, dtype=object), allow_pickle=True)
+
+    cam = read_vitra_hawor(tmp_path / "0001.npy", model)
+
+    assert cam.hands["left"].kept.tolist() == [0, 1, 0] and cam.hands["right"].kept.tolist() == [1, 0, 1]
+    for (hand, t), joints in truth.items():
+        np.testing.assert_allclose(cam.hands[hand].joints[t], joints, atol=1e-7)
+
+
+def test_malformed_or_missing_hawor_output(pair, tmp_path):
+    _, _, model = pair
+    with pytest.raises(HaworError, match="not found"):
+        read_cam_space(tmp_path / "nope", 5, model)
+    (tmp_path / "1").mkdir()
+    (tmp_path / "1" / "0_3.json").write_text(json.dumps({"init_root_orient": [[[1]]]}))
+    with pytest.raises(HaworError, match="0_3.json"):
+        read_cam_space(tmp_path, 5, model)

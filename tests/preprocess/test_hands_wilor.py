@@ -1,0 +1,84 @@
+"""WiLoR adapter: detections written here from known MANO parameters, read back to known CamHand values.
+
+Ground truth is WiLoR's demo definition, run with smplx: joints = MANO_R(R, θ, β) (no translation), x negated
+for a left hand, plus `pred_cam_t_full`, in a camera of focal 5000/256 · max(W, H) centred on the image.
+"""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from scipy.spatial.transform import Rotation
+
+from preprocess.hands.mano_model import load_mano
+from preprocess.hands.wilor import WilorError, read_json, wilor_focal
+from tests.preprocess.mano_synthetic import smplx_joints, write_synthetic_mano
+
+W, H = 640, 480
+
+
+@pytest.fixture(scope="module")
+def mano(tmp_path_factory):
+    d = tmp_path_factory.mktemp("mano")
+    torch.set_num_threads(1)
+    return write_synthetic_mano(d), load_mano(d)
+
+
+def detection(rng, right_file, is_right, score, beta):
+    root, pose = Rotation.random(random_state=rng.integers(1000)), rng.normal(0, 0.3, (15, 3))
+    cam_t = rng.normal(0, 0.05, 3) + [0, 0, 0.6]
+    j = smplx_joints(right_file, beta, pose[None], root.as_rotvec()[None], np.zeros((1, 3)))[0]
+    if not is_right:
+        j = j * [-1.0, 1.0, 1.0]
+    det = {"is_right": int(is_right), "score": score, "global_orient": root.as_matrix()[None].tolist(),
+           "hand_pose": Rotation.from_rotvec(pose).as_matrix().tolist(), "betas": beta.tolist(),
+           "pred_cam_t_full": cam_t.tolist()}
+    return det, j + cam_t
+
+
+def test_detections_to_camhands(mano, tmp_path):
+    right_file, model = mano
+    rng = np.random.default_rng(0)
+    frames, truth = [], {}
+    betas = {True: rng.normal(0, 1, 10), False: rng.normal(0, 1, 10)}  # one shape per hand: a CamHand has one
+    for t, (who, score) in enumerate([([True, False], [0.9, 0.8]), ([], []), ([False, False], [0.4, 0.95])]):
+        frames.append([])
+        for is_right, s in zip(who, score):
+            det, joints = detection(rng, right_file, is_right, s, betas[is_right])
+            frames[-1].append(det)
+            key = ("right" if is_right else "left", t)
+            if key not in truth or truth[key][0] < s:
+                truth[key] = (s, joints)
+    path = tmp_path / "wilor.json"
+    path.write_text(json.dumps({"image_size": [W, H], "frames": frames}))
+    f = wilor_focal(W, H)
+    k_wilor = np.array([[f, 0, W / 2], [0, f, H / 2], [0, 0, 1]])
+
+    cam = read_json(path, k_wilor, model)
+
+    assert cam.hands["right"].kept.tolist() == [1, 0, 0] and cam.hands["left"].kept.tolist() == [1, 0, 1]
+    np.testing.assert_allclose(cam.hands["left"].score, [0.8, 0, 0.95])  # the surer of two left detections
+    for (hand, t), (_, joints) in truth.items():
+        np.testing.assert_allclose(cam.hands[hand].joints[t], joints, atol=1e-7)
+        np.testing.assert_allclose(cam.hands[hand].wrist[t], joints[0], atol=1e-7)
+    # release definition: J = orient · mirror(J_right(β, hand_pose) − J0) + wrist
+    left = cam.hands["left"]
+    pose_aa = Rotation.from_matrix(left.hand_pose[2]).as_rotvec()[None]
+    j = smplx_joints(right_file, left.beta, pose_aa, np.zeros((1, 3)), np.zeros((1, 3)))[0]
+    np.testing.assert_allclose(((j - j[0]) * [-1, 1, 1]) @ left.orient[2].T + left.wrist[2], truth[("left", 2)][1],
+                               atol=1e-7)
+
+    k = np.array([[500.0, 0, 330], [0, 505.0, 236], [0, 0, 1]])  # our camera: same pixels, other depth
+    moved = read_json(path, k, model).hands["left"]
+    uv = lambda p, kk: (p @ kk.T)[..., :2] / (p @ kk.T)[..., 2:]  # noqa: E731
+    np.testing.assert_allclose(uv(moved.wrist[[0, 2]], k), uv(left.wrist[[0, 2]], k_wilor), atol=1e-9)
+
+
+def test_bad_detections_file(mano, tmp_path):
+    _, model = mano
+    with pytest.raises(WilorError, match="not found"):
+        read_json(tmp_path / "none.json", np.eye(3), model)
+    (tmp_path / "bad.json").write_text(json.dumps({"image_size": [W, H], "frames": [[{"is_right": 1}]]}))
+    with pytest.raises(WilorError, match="frame 0: malformed"):
+        read_json(tmp_path / "bad.json", np.eye(3), model)
