@@ -1,0 +1,446 @@
+"""The labeling stage graph, one function per unit of work; both runners call exactly these.
+
+Per video `plan_video`: probe → plan_clips (VITRA §III: 20 s clips with overlap).
+Per clip `run_clip`: read frames → intrinsics (+ undistortion) → camera-space hands → static/moving camera
+(background flow with the hands masked) → camera poses.
+Per video `run_video`: stitch the clips → world-space hands → atomic segments per hand.
+Per segment `run_caption`: trajectory overlay on 8 frames → instruction (or N/A).
+Per video `write_video`: one episode per captioned segment.
+
+Every unit reads its inputs from and saves its result to the run store (`preprocess.store`) under a fixed
+key, skips work whose result is already finished, and records an expected failure (bad video, no hands, a
+backend or API error) as a failure of that key with its reason instead of raising, so a run continues past
+it and a rerun retries it. Results depend only on the inputs and settings, never on the runner or the
+number of workers, so reruns and runners produce the same episodes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import os
+import sys
+from collections.abc import Sequence
+
+import cv2
+import ml_collections
+import numpy as np
+
+import vitra_jax
+from preprocess import camera_motion, camera_pose, intrinsics, records, store, video, writer
+from preprocess.caption import captioner as captioner_lib
+from preprocess.caption import overlay
+from preprocess.records import HANDS, Clip, VideoInfo
+from vitra_jax.handspace import episode as episode_lib
+
+CLIP_STAGES = ("intrinsics", "hands", "camera_motion", "camera_poses")
+
+
+class NoHandsError(ValueError):
+    reason = "no_hands"
+
+
+# Errors of bad input or of a backend/API that fail one unit of work (counted by reason); anything else
+# is a bug and stops the run.
+STAGE_ERRORS: tuple[type[Exception], ...] = (video.VideoError, intrinsics.IntrinsicsError, camera_pose.PoseError,
+                                             captioner_lib.CaptionError, NoHandsError, episode_lib.EpisodeError)
+# A hand model's process dying: (module, error class). Looked up only once the module is loaded, so
+# processes that run no hand model never import torch.
+BACKEND_CRASHES = (("preprocess.hands.mediapipe_backend", "MediaPipeWorkerError"),)
+
+
+def _backend_crashes() -> tuple[type[Exception], ...]:
+    return tuple(getattr(sys.modules[m], name) for m, name in BACKEND_CRASHES if m in sys.modules)
+
+
+def reason_of(error: Exception) -> str:
+    if isinstance(error, _backend_crashes()):
+        return "backend_crash"
+    return getattr(error, "reason", None) or type(error).__name__
+
+
+@dataclasses.dataclass
+class Run:
+    """What a worker needs: the settings and the run folder (picklable)."""
+
+    config: ml_collections.ConfigDict
+    output: str
+
+    @functools.cached_property
+    def store(self) -> store.Store:
+        return store.Store(self.output)
+
+    def __getstate__(self):
+        return {"config": self.config, "output": self.output}
+
+    def __setstate__(self, state):
+        self.config, self.output = state["config"], state["output"]
+
+
+# --- keys -------------------------------------------------------------------------------------------------
+
+def plan_key(video_id: str) -> str:
+    return f"work/{video_id}/plan"
+
+
+def clip_key(clip: Clip, stage: str) -> str:
+    return f"work/{clip.video_id}/clip{clip.index:04d}/{stage}"
+
+
+def video_key(video_id: str) -> str:
+    return f"work/{video_id}/tracks"
+
+
+def caption_key(video_id: str, segment: records.Segment) -> str:
+    return f"work/{video_id}/captions/{segment.hand}_{segment.start:06d}_{segment.stop:06d}"
+
+
+def written_key(video_id: str) -> str:
+    return f"work/{video_id}/episodes"
+
+
+def _guarded(run: Run, key: str, fn) -> bool:
+    """Run fn() unless `key` is finished; an expected failure is recorded under `key`. True when done."""
+    if run.store.done(key):
+        return True
+    try:
+        fn()
+    except STAGE_ERRORS + _backend_crashes() as e:
+        run.store.fail(key, reason_of(e), str(e))
+        return False
+    return True
+
+
+# --- inputs -----------------------------------------------------------------------------------------------
+
+def list_videos(input_dir: str, suffixes: Sequence[str]) -> list[str]:
+    """Video files directly in `input_dir` (or the file itself), sorted; ids (file stems) must be unique."""
+    if os.path.isfile(input_dir):
+        paths = [input_dir]
+    elif os.path.isdir(input_dir):
+        paths = sorted(os.path.join(input_dir, n) for n in os.listdir(input_dir) if n.endswith(tuple(suffixes)))
+    else:
+        raise FileNotFoundError(f"--input {input_dir}: no such file or folder")
+    ids: dict[str, str] = {}
+    for p in paths:
+        vid = os.path.splitext(os.path.basename(p))[0]
+        if vid in ids:
+            raise ValueError(f"two videos share the id {vid!r}: {ids[vid]} and {p}; rename one")
+        ids[vid] = p
+    return [os.path.abspath(p) for p in paths]
+
+
+def video_id_of(path: str) -> str:
+    return os.path.splitext(os.path.basename(path))[0]
+
+
+def plan_video(run: Run, path: str) -> list[Clip]:
+    """The clips of one video (probed once, then read from the store); [] when the video failed."""
+    key = plan_key(video_id_of(path))
+
+    def plan():
+        cfg = run.config.video
+        info = video.probe(path)
+        if cfg.max_frames is not None:
+            info.num_frames = min(info.num_frames, int(cfg.max_frames))
+        clips = video.plan_clips(info, cfg.clip_seconds, cfg.overlap_seconds)
+        run.store.save(key, {"info": info, "clips": clips})
+
+    if not _guarded(run, key, plan):
+        return []
+    return run.store.load(key)["clips"]
+
+
+def video_info(run: Run, video_id: str) -> VideoInfo:
+    return run.store.load(plan_key(video_id))["info"]
+
+
+# --- backends (built once per process) ----------------------------------------------------------------------
+
+def intrinsics_backend(cfg: ml_collections.ConfigDict, video_id: str):
+    if cfg.backend == "fov_prior":
+        return intrinsics.FovPrior(cfg.fov_x_deg)
+    readers = {"droidcalib": intrinsics.DroidCalibReader, "geocalib": intrinsics.GeoCalibReader,
+               "moge": intrinsics.MoGeReader, "ego4d_omnidir": intrinsics.Ego4DOmnidirReader}
+    if cfg.backend not in readers:
+        raise ValueError(f"intrinsics.backend must be fov_prior or one of {sorted(readers)}, got {cfg.backend!r}")
+    if not cfg.path:
+        raise ValueError(f"intrinsics.backend {cfg.backend} reads files: set intrinsics.path ('{{video_id}}' "
+                         "is replaced by each video's id)")
+    return readers[cfg.backend](cfg.path.format(video_id=video_id))
+
+
+def pose_backend_for(cfg: ml_collections.ConfigDict, motion: str, video_id: str):
+    """Identity poses for a static camera; for a moving one `moving_backend`: a reader of MegaSaM or HaWoR
+    SLAM results, or `camera_frame` (no ego-motion estimate: world = the camera at every frame, recorded
+    as such in the episode's labeler versions)."""
+    name = cfg.backend
+    if name == "auto":
+        name = "static" if motion == "static" else cfg.moving_backend
+    if name == "static":
+        return camera_pose.StaticPose()
+    if name == "camera_frame":
+        return CameraFramePose()
+    readers = {"megasam": functools.partial(camera_pose.MegaSaMReader, metric=cfg.megasam_metric),
+               "hawor_slam": camera_pose.HaworSlamReader}
+    if name not in readers:
+        raise ValueError(f"camera_pose backend must be auto, static, camera_frame or one of {sorted(readers)}, "
+                         f"got {name!r}")
+    if not cfg.path:
+        raise ValueError(f"camera_pose backend {name} reads files: set camera_pose.path ('{{video_id}}' is "
+                         "replaced by each video's id)")
+    return readers[name](cfg.path.format(video_id=video_id))
+
+
+class CameraFramePose:
+    """No camera motion estimate: identity extrinsics at every frame (hands stay in camera space)."""
+
+    def estimate(self, clip: Clip, frames, intrinsics) -> records.CameraPoses:
+        eye = np.broadcast_to(np.eye(4), (len(clip), 4, 4)).copy()
+        return records.CameraPoses(extrinsics=eye, source="camera_frame", scale_known=True)
+
+
+def hand_backend(cfg: ml_collections.ConfigDict):
+    """The camera-space hand model named by `hands.backend` (with `hands.options` as keyword arguments)."""
+    options = cfg.options.to_dict()
+    import torch
+
+    # Bitwise-equal fits on every machine and runner: a fixed thread count fixes torch's reduction order.
+    torch.set_num_threads(int(cfg.torch_threads))
+    if cfg.backend == "mediapipe":
+        from preprocess.hands import mediapipe_backend
+        if "fit" in options:  # MANO fit settings by name, e.g. {'iterations': 100}
+            options["fit"] = dataclasses.replace(mediapipe_backend.MEDIAPIPE_FIT, **options["fit"])
+        return mediapipe_backend.MediaPipeBackend(cfg.mano_dir, **options)
+    raise ValueError(f"hands.backend must be one of mediapipe, precomputed, wilor, hawor; got {cfg.backend!r}")
+
+
+@functools.cache
+def _cached(kind: str, settings: str):
+    cfg = ml_collections.ConfigDict(json.loads(settings))
+    if kind == "hands":
+        return hand_backend(cfg)
+    if kind == "caption":
+        return make_captioner(cfg)
+    raise KeyError(kind)
+
+
+def backend(run: Run, kind: str):
+    """The hand model or captioner of this process, built on first use from the run's settings."""
+    cfg = run.config[kind].to_dict()
+    if kind == "caption" and not cfg["cache_dir"] and writer.is_local(run.output):
+        cfg["cache_dir"] = os.path.join(run.output, "cache", "captions")
+    return _cached(kind, json.dumps(cfg, sort_keys=True))
+
+
+def make_captioner(cfg: ml_collections.ConfigDict, output: str = ""):
+    if cfg.backend == "none":
+        return captioner_lib.NoCaptioner()
+    if cfg.backend != "openai":
+        raise ValueError(f"caption.backend must be openai or none, got {cfg.backend!r}")
+    return captioner_lib.OpenAICaptioner(
+        base_url=cfg.base_url, model=cfg.model, api_key_env=cfg.api_key_env, rate_limit_rpm=cfg.rate_limit_rpm,
+        max_retries=cfg.max_retries, cache_dir=cfg.cache_dir or None,
+        price_in_per_m=cfg.usd_per_mtok_in, price_out_per_m=cfg.usd_per_mtok_out)
+
+
+# --- per clip -----------------------------------------------------------------------------------------------
+
+def _pinhole_frames(run: Run, path: str, start: int, stop: int, intr: records.Intrinsics) -> np.ndarray:
+    frames = video.read_frames(path, start, stop, max_width=run.config.video.max_width)
+    if intr.distortion.get("model", "none") != "none":
+        frames = intrinsics.undistort(frames, intr)
+    return frames
+
+
+def frame_intrinsics(intr: records.Intrinsics, frames: np.ndarray) -> records.Intrinsics:
+    """The pinhole intrinsics of (undistorted) frames at their own size; `intr` is at the video's size."""
+    height, width = frames.shape[1:3]
+    k = np.asarray(intr.k, np.float64) * np.array([[width / intr.width], [height / intr.height], [1.0]])
+    return records.Intrinsics(k=k, width=width, height=height, source=intr.source)
+
+
+def hand_boxes(cam: records.CamHands, k: np.ndarray) -> list[np.ndarray]:
+    """Per frame, (K, 4) x0, y0, x1, y1 pixel boxes of the tracked hands' projected joints."""
+    n = len(next(iter(cam.hands.values())).kept)
+    boxes = []
+    for t in range(n):
+        rows = []
+        for h in cam.hands.values():
+            if h.kept[t] and np.all(h.joints[t, :, 2] > 1e-3):
+                uv = h.joints[t] @ k.T
+                uv = uv[:, :2] / uv[:, 2:]
+                rows.append([*uv.min(0), *uv.max(0)])
+        boxes.append(np.asarray(rows, np.float64).reshape(-1, 4))
+    return boxes
+
+
+def run_clip(run: Run, clip: Clip, stages: Sequence[str] = CLIP_STAGES) -> bool:
+    """The per-clip stages (in CLIP_STAGES order); True when all of `stages` are finished for the clip."""
+    s = run.store
+    info = video_info(run, clip.video_id)
+    frames_cache: list[np.ndarray] = []
+
+    def frames():
+        if not frames_cache:
+            intr = s.load(clip_key(clip, "intrinsics"))
+            frames_cache.append(_pinhole_frames(run, info.path, clip.start, clip.stop, intr))
+        return frames_cache[0]
+
+    def do_intrinsics():
+        raw = video.read_frames(info.path, clip.start, clip.stop, max_width=run.config.video.max_width)
+        s.save(clip_key(clip, "intrinsics"), intrinsics_backend(run.config.intrinsics, clip.video_id).estimate(info, raw))
+
+    def do_hands():
+        intr = frame_intrinsics(s.load(clip_key(clip, "intrinsics")), frames())
+        s.save(clip_key(clip, "hands"), backend(run, "hands").estimate(frames(), intr))
+
+    def do_motion():
+        cam = s.load(clip_key(clip, "hands"))
+        k = frame_intrinsics(s.load(clip_key(clip, "intrinsics")), frames()).k
+        cfg = camera_motion.CameraMotionConfig(**run.config.camera_motion.to_dict())
+        s.save(clip_key(clip, "camera_motion"), camera_motion.classify(frames(), hand_boxes(cam, k), config=cfg))
+
+    def do_poses():
+        motion = s.load(clip_key(clip, "camera_motion"))
+        intr = frame_intrinsics(s.load(clip_key(clip, "intrinsics")), frames())
+        pose_backend = pose_backend_for(run.config.camera_pose, motion.label, clip.video_id)
+        s.save(clip_key(clip, "camera_poses"), pose_backend.estimate(clip, frames(), intr))
+
+    steps = {"intrinsics": do_intrinsics, "hands": do_hands, "camera_motion": do_motion,
+             "camera_poses": do_poses}
+    for stage in CLIP_STAGES:
+        if stage not in stages:
+            continue
+        if not _guarded(run, clip_key(clip, stage), steps[stage]):
+            return False
+    return True
+
+
+# --- per video ----------------------------------------------------------------------------------------------
+
+def _stitch_hands(clips: list[Clip], per_clip: list[records.CamHands]) -> records.CamHands:
+    hands = {}
+    for h in HANDS:
+        parts = [c.hands[h] for c in per_clip]
+        fields = {f: video.stitch(clips, [getattr(p, f) for p in parts])
+                  for f in ("kept", "wrist", "orient", "hand_pose", "joints", "score")}
+        # One shape per hand: the clip that tracked it longest (ties: the earliest) gives beta.
+        best = int(np.argmax([p.kept.sum() for p in parts]))
+        hands[h] = records.CamHand(beta=parts[best].beta, **fields)
+    return records.CamHands(hands=hands, backend=per_clip[0].backend, version=per_clip[0].version)
+
+
+def run_video(run: Run, video_id: str) -> bool:
+    """Stitch clips, world-space hands and segments of one video (all clips must be finished)."""
+    from preprocess import segment
+
+    s = run.store
+    clips = s.load(plan_key(video_id))["clips"]
+    key = video_key(video_id)
+    if s.done(key):
+        return True
+    for clip in clips:
+        for stage in CLIP_STAGES:
+            failure = s.failure(clip_key(clip, stage))
+            if failure is not None or not s.done(clip_key(clip, stage)):
+                reason = failure["reason"] if failure else "incomplete"
+                s.fail(key, reason, f"{clip.name} {stage}: {failure['detail'] if failure else 'not run'}")
+                return False
+
+    def work():
+        info = video_info(run, video_id)
+        load = lambda stage: [s.load(clip_key(c, stage)) for c in clips]  # noqa: E731
+        cam = _stitch_hands(clips, load("hands"))
+        if not any(h.kept.any() for h in cam.hands.values()):
+            raise NoHandsError(f"{video_id}: no hand tracked in any of {info.num_frames} frames")
+        motions = load("camera_motion")
+        poses = camera_pose.stitch_poses(clips, load("camera_poses"))
+        tracks = camera_pose.world_hands(cam, poses)
+        seg_cfg = segment.SegmentConfig(**run.config.segment.to_dict())
+        segments, dropped = [], []
+        for h in HANDS:
+            kept, lost = segment.segment(tracks[h], info.fps, h, config=seg_cfg)
+            segments += kept
+            dropped += lost
+        intr = load("intrinsics")[0]
+        label = "moving" if any(m.label == "moving" for m in motions) else "static"
+        versions = {
+            "video": f"opencv@{cv2.__version__}", "intrinsics": intr.source, "hands": f"{cam.backend}@{cam.version}",
+            "camera_motion": f"farneback@{motions[0].stats.get('threshold_px', '')}px",
+            "camera_pose": poses.source, "segment": "speed_minima", "pipeline": f"preprocess@{vitra_jax.__version__}",
+        }
+        s.save(key, {"tracks": tracks, "extrinsics": poses.extrinsics, "intrinsics": intr, "camera_motion": label,
+                     "segments": segments, "dropped": dropped, "versions": versions})
+
+    return _guarded(run, key, work)
+
+
+def segments_of(run: Run, video_id: str) -> list[records.Segment]:
+    key = video_key(video_id)
+    return run.store.load(key)["segments"] if run.store.done(key) else []
+
+
+# --- per segment --------------------------------------------------------------------------------------------
+
+def run_caption(run: Run, video_id: str, seg: records.Segment, captioner=None) -> bool:
+    """Caption one segment (skipped when captioning is off)."""
+    if run.config.caption.backend == "none":
+        return True
+    key = caption_key(video_id, seg)
+
+    def work():
+        s = run.store
+        info = video_info(run, video_id)
+        v = s.load(video_key(video_id))
+        frames = _pinhole_frames(run, info.path, seg.start, seg.stop, v["intrinsics"])
+        local = records.Segment(seg.hand, 0, seg.stop - seg.start)
+        track = writer.slice_track(v["tracks"][seg.hand], seg.start, seg.stop)
+        k = frame_intrinsics(v["intrinsics"], frames).k
+        shown = overlay.overlay_frames(frames, local, track, v["extrinsics"][seg.start:seg.stop], k)
+        shown = [(t + seg.start, img) for t, img in shown]
+        cap = (captioner or backend(run, "caption")).caption(shown, seg.hand, seg)
+        s.save(key, cap)
+
+    return _guarded(run, key, work)
+
+
+# --- per video: episodes ------------------------------------------------------------------------------------
+
+def write_video(run: Run, video_id: str) -> bool:
+    """Write the episodes of one video once its segments are captioned; records what was written/dropped."""
+    s = run.store
+    key = written_key(video_id)
+    if s.done(key) or not s.done(video_key(video_id)):
+        return s.done(key)
+    v = s.load(video_key(video_id))
+    captioning = run.config.caption.backend != "none"
+    captions: dict[str, list[records.Caption]] = {h: [] for h in HANDS}
+    for seg in v["segments"]:
+        if captioning:
+            if not s.done(caption_key(video_id, seg)):
+                return False  # a caption failed or is missing: nothing is written until a rerun gets it
+            captions[seg.hand].append(s.load(caption_key(video_id, seg)))
+
+    def work():
+        info = video_info(run, video_id)
+        versions = dict(v["versions"])
+        if captioning:
+            versions["caption"] = f"{run.config.caption.model}@{captioner_lib.PROMPT_VERSION}"
+        written, dropped = [], []
+        for seg in v["segments"]:
+            cap = next((c for c in captions[seg.hand] if c.start == seg.start), None)
+            if captioning and (cap is None or not cap.text):
+                dropped.append(records.Dropped(seg.hand, seg.start, seg.stop, "caption_na"))
+                continue
+            stem = writer.episode_path(run.output, video_id, seg.hand, seg.start)
+            if not writer.exists(stem):
+                ep = writer.build_episode(info=info, segment=seg, tracks=v["tracks"], extrinsics=v["extrinsics"],
+                                          intrinsics=v["intrinsics"], camera_motion=v["camera_motion"],
+                                          captions=captions, labeler_versions=versions, source=run.config.dataset)
+                writer.write(stem, ep)
+            written.append(stem.name)
+        s.save(key, {"written": written, "dropped": dropped})
+
+    return _guarded(run, key, work)

@@ -1,0 +1,104 @@
+"""Label a folder of egocentric videos: episode files that `tfds build hand_vla --config=episodes` reads.
+
+    python -m preprocess.run --input VIDEOS --output OUT [--config FILE] [--config.video.max_width=640]
+        [--workers N] [--runner local|ray] [--address HOST:PORT] [--captioner openai|none]
+        [--hands mediapipe|precomputed|wilor|hawor] [--preview png|mp4]
+    tfds build tfds_builders/hand_vla --config=episodes --manual_dir=OUT --data_dir=DATA
+
+OUT (a local folder or an etils.epath URI) receives `episodes/{video_id}/{video_id}_{hand}_{start:06d}.npz
+/.json`, the stage results in `work/` (a rerun skips everything finished there and writes identical
+episodes), `cache/` (captioning answers), `config.json` (the settings the results depend on; a rerun must
+use the same) and `summary.json` (also printed): videos, clips, episodes, drops and failures by reason, API
+tokens and cost. A video that cannot be labelled is recorded as failed with its reason; the run goes on.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+from absl import app, flags
+from etils import epath
+from ml_collections import config_flags
+
+from preprocess import config as config_lib
+from preprocess import graph, store, summary
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", os.path.join(os.path.dirname(os.path.abspath(__file__)), "config.py"),
+    "Pipeline recipe (a .py file with get_config(); default preprocess/config.py).", lock_config=True)
+_INPUT = flags.DEFINE_string("input", None, "Folder of videos (or one video file).", required=True)
+_OUTPUT = flags.DEFINE_string("output", None, "Run folder: local path or etils.epath URI.", required=True)
+_WORKERS = flags.DEFINE_integer("workers", 1, "Local runner: worker processes.")
+_RUNNER = flags.DEFINE_enum("runner", "local", ["local", "ray"], "Where the stages run.")
+_ADDRESS = flags.DEFINE_string("address", None, "Ray: cluster address (default: start a local Ray).")
+_CAPTIONER = flags.DEFINE_enum("captioner", None, ["openai", "none"], "Overrides caption.backend.")
+_HANDS = flags.DEFINE_enum("hands", None, ["mediapipe", "precomputed", "wilor", "hawor"],
+                           "Overrides hands.backend.")
+_PREVIEW = flags.DEFINE_enum("preview", None, ["png", "mp4"], "Overrides writer.preview.")
+
+
+class SettingsMismatch(ValueError):
+    pass
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
+def check_settings(output: epath.Path, config) -> None:
+    """Save the result settings with a new run; refuse a rerun whose settings differ from the saved ones."""
+    path = output / "config.json"
+    settings = json.loads(json.dumps(config_lib.result_settings(config)))
+    if path.exists():
+        saved, now = _flat(json.loads(path.read_text())), _flat(settings)
+        changed = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
+        if changed:
+            raise SettingsMismatch(f"{output} holds a run made with other settings ({', '.join(changed)} "
+                                   "differ); use a new --output or the same settings")
+        return
+    output.mkdir(parents=True, exist_ok=True)
+    store.atomic_write(path, json.dumps(settings, indent=1, sort_keys=True).encode())
+
+
+def label(input_path: str, output: str, config, *, runner: str = "local", workers: int = 1,
+          address: str | None = None, ray_num_cpus: int | None = None) -> dict:
+    """Run every stage on the videos of `input_path` into `output`; the summary (also saved)."""
+    out = epath.Path(output)
+    check_settings(out, config)
+    videos = graph.list_videos(input_path, config_lib.VIDEO_SUFFIXES)
+    run = graph.Run(config, str(out))
+    if runner == "ray":
+        from preprocess.runners import ray_runner
+        ray_runner.execute(run, videos, address=address, num_cpus=ray_num_cpus)
+    elif runner == "local":
+        from preprocess.runners import local
+        local.execute(run, videos, workers=workers)
+    else:
+        raise ValueError(f"runner must be local or ray, got {runner!r}")
+    result = summary.summarize(run, videos)
+    summary.save(run, result)
+    return result
+
+
+def main(argv) -> None:
+    del argv
+    config = _CONFIG.value
+    with config.unlocked():
+        if _CAPTIONER.value:
+            config.caption.backend = _CAPTIONER.value
+        if _HANDS.value:
+            config.hands.backend = _HANDS.value
+        if _PREVIEW.value:
+            config.writer.preview = _PREVIEW.value
+    result = label(_INPUT.value, _OUTPUT.value, config, runner=_RUNNER.value, workers=_WORKERS.value,
+                   address=_ADDRESS.value)
+    print(summary.format_summary(result))
+    print(f"summary: {epath.Path(_OUTPUT.value) / 'summary.json'}")
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,83 @@
+"""Run orchestration without heavy models: input listing, result settings saved and enforced, a crashing hand
+backend recorded per clip while the run goes on, the summary's counts."""
+
+import json
+import stat
+
+import cv2
+import numpy as np
+import pytest
+
+from preprocess import config as config_lib
+from preprocess import graph, store
+from preprocess import run as run_lib
+from preprocess.hands import mediapipe_env
+from tests.preprocess.mano_synthetic import write_synthetic_mano
+
+
+def _still_video(path, frames=6):
+    rng = np.random.default_rng(0)
+    still = cv2.GaussianBlur(rng.integers(0, 255, (96, 128, 3), dtype=np.uint8), (0, 0), 2)
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 30, (128, 96))
+    for _ in range(frames):
+        writer.write(still)
+    writer.release()
+
+
+def test_list_videos(tmp_path):
+    (tmp_path / "b.mp4").write_bytes(b"")
+    (tmp_path / "a.webm").write_bytes(b"")
+    (tmp_path / "notes.txt").write_text("x")
+    assert graph.list_videos(str(tmp_path), config_lib.VIDEO_SUFFIXES) == [str(tmp_path / "a.webm"),
+                                                                         str(tmp_path / "b.mp4")]
+    assert graph.list_videos(str(tmp_path / "b.mp4"), config_lib.VIDEO_SUFFIXES) == [str(tmp_path / "b.mp4")]
+    (tmp_path / "a.mp4").write_bytes(b"")
+    with pytest.raises(ValueError, match="two videos share the id 'a'"):
+        graph.list_videos(str(tmp_path), config_lib.VIDEO_SUFFIXES)
+    with pytest.raises(FileNotFoundError, match="no such file or folder"):
+        graph.list_videos(str(tmp_path / "missing"), config_lib.VIDEO_SUFFIXES)
+
+
+def test_result_settings_are_saved_and_enforced(tmp_path):
+    cfg = config_lib.get_config()
+    run_lib.check_settings(run_lib.epath.Path(tmp_path), cfg)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    assert saved["segment"]["min_segment_seconds"] == 0.5 and saved["hands"]["backend"] == "mediapipe"
+    assert "concurrency" not in saved["caption"] and "base_url" not in saved["caption"]
+    # Endpoints, paths and parallelism may change between runs; result settings may not.
+    cfg.caption.base_url = "http://127.0.0.1:9/v1"
+    cfg.caption.concurrency = 16
+    cfg.hands.mano_dir = "/elsewhere"
+    run_lib.check_settings(run_lib.epath.Path(tmp_path), cfg)
+    cfg.segment.min_segment_seconds = 1.0
+    cfg.hands.backend = "precomputed"
+    with pytest.raises(run_lib.SettingsMismatch, match=r"\(hands.backend, segment.min_segment_seconds differ\)"):
+        run_lib.check_settings(run_lib.epath.Path(tmp_path), cfg)
+
+
+def test_crashing_hand_backend_is_recorded_per_clip(tmp_path):
+    inputs = tmp_path / "videos"
+    inputs.mkdir()
+    _still_video(inputs / "one.mp4")
+    _still_video(inputs / "two.mp4")
+    # A MediaPipe venv whose python dies at once: the worker process ends before answering.
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    (venv / "bin/python").write_text("#!/bin/sh\necho 'worker died' >&2\nexit 3\n")
+    (venv / "bin/python").chmod(stat.S_IRWXU)
+    (venv / mediapipe_env.MARKER).write_text(json.dumps({"pins": list(mediapipe_env.PINS)}))
+    mano = write_synthetic_mano(tmp_path / "mano")
+    cfg = config_lib.get_config()
+    cfg.hands.mano_dir = str(mano.parent if mano.is_file() else mano)
+    cfg.hands.options = {"venv": str(venv)}
+    cfg.caption.backend = "none"
+    summary = run_lib.label(str(inputs), str(tmp_path / "out"), cfg)
+    assert summary["videos"] == {"total": 2, "done": 0, "failed": {"backend_crash": 2}}
+    assert summary["clips"] == {"total": 2, "done": 0, "failed": {"backend_crash": 2}}
+    assert summary["episodes"] == 0 and summary["api"]["tokens_in"] == 0
+    s = store.Store(tmp_path / "out")
+    failure = s.failure("work/one/clip0000/hands")
+    assert failure["reason"] == "backend_crash" and "worker died" in failure["detail"]
+    assert s.done("work/one/clip0000/intrinsics") and not s.done("work/one/clip0000/camera_motion")
+    assert s.failure("work/two/tracks")["detail"].startswith("two/clip0000 hands:")
+    assert not (tmp_path / "out/episodes").exists()
