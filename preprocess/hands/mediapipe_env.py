@@ -80,7 +80,7 @@ def _run(cmd: list[str], venv: Path, what: str) -> str:
     return proc.stdout
 
 
-def ensure_venv(venv: Path | None = None, log=None) -> Path:
+def ensure_venv(venv: Path | None = None) -> Path:
     """The venv's python, creating the venv first if needed (takes tens of seconds, needs the package index)."""
     venv = Path(venv) if venv is not None else venv_dir()
     if _ready(venv):
@@ -93,7 +93,7 @@ def ensure_venv(venv: Path | None = None, log=None) -> Path:
         start = time.monotonic()
         if venv.exists():
             shutil.rmtree(venv)  # left half-built by an interrupted creation
-        (log or print)(f"creating the MediaPipe venv at {venv} (once per machine)", file=sys.stderr)
+        print(f"creating the MediaPipe venv at {venv} (once per machine)", file=sys.stderr)
         # python -m venv from inside a venv builds on the base interpreter
         _run([sys.executable, "-m", "venv", str(venv)], venv, "python -m venv")
         _run([str(python_of(venv)), "-m", "pip", "install", "--no-deps", "--no-input", "--disable-pip-version-check",

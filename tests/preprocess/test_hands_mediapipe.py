@@ -98,3 +98,12 @@ def test_hawor_clip_finds_both_hands(backend, fixtures_dir):
     print(f"\nHaWoR clip ({w}x{h}): frames kept per hand {counts} of 121; throughput {fps['total']:.1f} "
           f"frames/s (MediaPipe alone {fps['detect']:.1f}, fit {fps['fit']:.1f})")
     assert counts["left"] > 0.5 * 121 and counts["right"] > 0.5 * 121  # reference: hands in 92 of 121 frames
+
+
+def test_estimate_is_repeatable(backend, vitra):
+    frames, intr, _ = vitra
+    a, b = backend.estimate(frames[:12], intr), backend.estimate(frames[:12], intr)
+    assert a.hands["right"].kept.sum() >= 6
+    for h in ("left", "right"):
+        for name in ("kept", "wrist", "orient", "hand_pose", "joints", "beta", "score"):
+            np.testing.assert_array_equal(getattr(a.hands[h], name), getattr(b.hands[h], name), err_msg=name)
