@@ -45,18 +45,22 @@ class NoHandsError(ValueError):
 # is a bug and stops the run.
 STAGE_ERRORS: tuple[type[Exception], ...] = (video.VideoError, intrinsics.IntrinsicsError, camera_pose.PoseError,
                                              captioner_lib.CaptionError, NoHandsError, episode_lib.EpisodeError)
-# A hand model's process dying: (module, error class). Looked up only once the module is loaded, so
-# processes that run no hand model never import torch.
-BACKEND_CRASHES = (("preprocess.hands.mediapipe_backend", "MediaPipeWorkerError"),)
+# Errors of the hand backends: (module, error class, reason). Looked up only once their module is loaded,
+# so processes that run no hand model never import torch.
+HAND_ERRORS = (("preprocess.hands.mediapipe_backend", "MediaPipeWorkerError", "backend_crash"),
+               ("preprocess.hands.precomputed", "PrecomputedError", "bad_hands_file"),
+               ("preprocess.hands.wilor", "WilorError", "bad_hands_file"),
+               ("preprocess.hands.hawor", "HaworError", "bad_hands_file"))
 
 
-def _backend_crashes() -> tuple[type[Exception], ...]:
-    return tuple(getattr(sys.modules[m], name) for m, name in BACKEND_CRASHES if m in sys.modules)
+def _hand_errors() -> dict[type[Exception], str]:
+    return {getattr(sys.modules[m], name): reason for m, name, reason in HAND_ERRORS if m in sys.modules}
 
 
 def reason_of(error: Exception) -> str:
-    if isinstance(error, _backend_crashes()):
-        return "backend_crash"
+    for cls, reason in _hand_errors().items():
+        if isinstance(error, cls):
+            return reason
     return getattr(error, "reason", None) or type(error).__name__
 
 
@@ -106,7 +110,7 @@ def _guarded(run: Run, key: str, fn) -> bool:
         return True
     try:
         fn()
-    except STAGE_ERRORS + _backend_crashes() as e:
+    except STAGE_ERRORS + tuple(_hand_errors()) as e:
         run.store.fail(key, reason_of(e), str(e))
         return False
     return True
@@ -213,7 +217,47 @@ def hand_backend(cfg: ml_collections.ConfigDict):
         if "fit" in options:  # MANO fit settings by name, e.g. {'iterations': 100}
             options["fit"] = dataclasses.replace(mediapipe_backend.MEDIAPIPE_FIT, **options["fit"])
         return mediapipe_backend.MediaPipeBackend(cfg.mano_dir, **options)
-    raise ValueError(f"hands.backend must be one of mediapipe, precomputed, wilor, hawor; got {cfg.backend!r}")
+    raise ValueError(f"hands.backend must be one of {HAND_BACKENDS}; got {cfg.backend!r}")
+
+
+HAND_BACKENDS = ("mediapipe", "precomputed", "wilor", "hawor")
+
+
+@functools.lru_cache(maxsize=4)
+def _video_hands(backend_name: str, path: str, mano_dir: str, k: tuple, size: tuple[int, int],
+                 num_frames: int) -> records.CamHands:
+    """The whole video's hands from a result file of another tool (read once per video and process)."""
+    if backend_name == "precomputed":
+        from preprocess.hands import precomputed
+        return precomputed.read_hands(path)
+    from preprocess.hands.mano_model import load_mano
+    model, k = load_mano(mano_dir), np.asarray(k, np.float64).reshape(3, 3)
+    if backend_name == "wilor":
+        from preprocess.hands import wilor
+        return wilor.read_json(path, k, model)
+    from preprocess.hands import hawor
+    if os.path.isdir(path):
+        return hawor.read_cam_space(path, num_frames, model, k, size)
+    return hawor.read_vitra_hawor(path, model, num_frames)
+
+
+def clip_hands(run: Run, clip: Clip, info: VideoInfo, intr: records.Intrinsics, frames: np.ndarray
+               ) -> records.CamHands:
+    """Camera-space hands of a clip: the hand model on its pinhole frames, or the clip's frames of a result
+    file (`hands.path` per video; WiLoR and HaWoR results are for frames at the video's own size)."""
+    cfg = run.config.hands
+    if cfg.backend == "mediapipe":
+        return backend(run, "hands").estimate(frames, frame_intrinsics(intr, frames))
+    if cfg.backend not in HAND_BACKENDS:
+        raise ValueError(f"hands.backend must be one of {HAND_BACKENDS}; got {cfg.backend!r}")
+    if not cfg.path:
+        raise ValueError(f"hands.backend {cfg.backend} reads files: set hands.path ('{{video_id}}' is replaced "
+                         "by each video's id)")
+    from preprocess.hands import precomputed
+    k = tuple(np.asarray(intr.k, np.float64).ravel().tolist())
+    cam = _video_hands(cfg.backend, cfg.path.format(video_id=clip.video_id), cfg.mano_dir, k,
+                       (intr.width, intr.height), info.num_frames)
+    return precomputed.slice_frames(cam, clip.start, clip.stop)
 
 
 @functools.cache
@@ -293,8 +337,7 @@ def run_clip(run: Run, clip: Clip, stages: Sequence[str] = CLIP_STAGES) -> bool:
         s.save(clip_key(clip, "intrinsics"), intrinsics_backend(run.config.intrinsics, clip.video_id).estimate(info, raw))
 
     def do_hands():
-        intr = frame_intrinsics(s.load(clip_key(clip, "intrinsics")), frames())
-        s.save(clip_key(clip, "hands"), backend(run, "hands").estimate(frames(), intr))
+        s.save(clip_key(clip, "hands"), clip_hands(run, clip, info, s.load(clip_key(clip, "intrinsics")), frames()))
 
     def do_motion():
         cam = s.load(clip_key(clip, "hands"))

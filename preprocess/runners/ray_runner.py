@@ -27,7 +27,7 @@ class _ClipStages:
 
     def __init__(self, run: graph.Run, stages: tuple[str, ...]):
         self.run, self.stages = run, stages
-        if "hands" in stages:
+        if "hands" in stages and run.config.hands.backend == "mediapipe":
             graph.backend(run, "hands")  # load the model once per actor
 
     def __call__(self, batch: dict) -> dict:

@@ -81,3 +81,39 @@ def test_crashing_hand_backend_is_recorded_per_clip(tmp_path):
     assert s.done("work/one/clip0000/intrinsics") and not s.done("work/one/clip0000/camera_motion")
     assert s.failure("work/two/tracks")["detail"].startswith("two/clip0000 hands:")
     assert not (tmp_path / "out/episodes").exists()
+
+
+def test_precomputed_hands_give_episodes_of_the_official_annotation(tmp_path, fixtures_dir):
+    vid = "03cc49c3-a7d1-445b-9a2a-545c4fae6843"
+    npz = fixtures_dir / f"videos/Ego4D_{vid}_ep_example.npz"
+    inputs = tmp_path / "videos"
+    inputs.mkdir()
+    (inputs / f"{vid}.mp4").symlink_to(fixtures_dir / f"videos/{vid}.mp4")
+    cfg = config_lib.get_config()
+    cfg.hands.backend = "precomputed"
+    cfg.hands.path = str(npz)
+    cfg.caption.backend = "none"
+    cfg.video.clip_seconds, cfg.video.overlap_seconds = 0.5, 0.2  # clips [0, 15), [9, 24), [18, 25)
+    summary = run_lib.label(str(inputs), str(tmp_path / "out"), cfg)
+    assert summary["clips"] == {"total": 3, "done": 3, "failed": {}} and summary["videos"]["done"] == 1
+    with np.load(npz) as z:
+        official = {k: z[k] for k in z.files}
+    from vitra_jax.handspace import episode as E
+
+    stems = sorted((tmp_path / "out/episodes" / vid).glob("*.json"))
+    assert len(stems) == summary["episodes"] >= 1
+    for path in stems:
+        ep = E.read_episode(path.with_suffix(""))
+        assert ep.main_hand == "right" and ep.text == {}  # captioning off
+        span = ep.frame_index
+        # No pose backend for a moving camera here: world = camera at every frame (identity extrinsics),
+        # so the stored hands are the annotation's camera-space hands, stitched from three clips.
+        np.testing.assert_array_equal(ep.extrinsics, np.broadcast_to(np.eye(4), (len(span), 4, 4)))
+        np.testing.assert_allclose(ep.hands["right"].joints, official["right/joints_camspace"][span], atol=1e-12)
+        np.testing.assert_allclose(ep.hands["right"].hand_pose, official["right/hand_pose"][span], atol=1e-12)
+        assert ep.labeler_versions["hands"] == "vitra_release@VITRA-1M"
+        assert ep.labeler_versions["camera_pose"] == "camera_frame"
+    # A missing result file fails the clips with a reason; the run still ends with a summary.
+    cfg.hands.path = str(tmp_path / "missing_{video_id}.npz")
+    summary = run_lib.label(str(inputs), str(tmp_path / "out2"), cfg)
+    assert summary["clips"]["failed"] == {"bad_hands_file": 3} and summary["videos"]["failed"] == {"bad_hands_file": 1}
