@@ -1,4 +1,4 @@
-"""Model inputs from one raw observation, shared by the training loader and `VitraPolicy.prepare_observation`.
+"""Model inputs from one raw observation, shared by the training loader and `vitra_jax.inference.prepare_observation`.
 
 One implementation of the two steps both paths must do identically: the image squashed (no aspect
 preservation) to the VLM's square size with bicubic resampling and scaled to [-1, 1], as the PaliGemma
