@@ -478,11 +478,13 @@ def write_video(run: Run, video_id: str) -> bool:
                 dropped.append(records.Dropped(seg.hand, seg.start, seg.stop, "caption_na"))
                 continue
             stem = writer.episode_path(run.output, video_id, seg.hand, seg.start)
+            ep = writer.build_episode(info=info, segment=seg, tracks=v["tracks"], extrinsics=v["extrinsics"],
+                                      intrinsics=v["intrinsics"], camera_motion=v["camera_motion"],
+                                      captions=captions, labeler_versions=versions, source=run.config.dataset)
             if not writer.exists(stem):
-                ep = writer.build_episode(info=info, segment=seg, tracks=v["tracks"], extrinsics=v["extrinsics"],
-                                          intrinsics=v["intrinsics"], camera_motion=v["camera_motion"],
-                                          captions=captions, labeler_versions=versions, source=run.config.dataset)
                 writer.write(stem, ep)
+            if run.config.writer.preview:
+                writer.write_preview(run.output, stem, ep, run.config.writer.preview)
             written.append(stem.name)
         s.save(key, {"written": written, "dropped": dropped})
 

@@ -6,7 +6,8 @@ the format and the `hand_vla` builder expect), both hands' world tracks sliced t
 hand as `main_hand` with its caption over the whole episode, and the other hand's captions that overlap
 the span (clipped, in episode frames). Episodes land in `{output}/episodes/{video_id}/{stem}` with the
 deterministic stem `{video_id}_{hand}_{start:06d}`, so `tfds build hand_vla --config=episodes
---manual_dir={output}` reads them; `video` is the absolute path of the source video.
+--manual_dir={output}` reads them; `video` is the absolute path of the source video. Optional previews
+(`preprocess.preview`) go to `{output}/previews/{video_id}/{stem}.png|mp4`.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from vitra_jax.handspace import geometry
 from vitra_jax.handspace.trajectory import HandTrack
 
 EPISODES_DIR = "episodes"
+PREVIEWS_DIR = "previews"
 
 
 def episode_stem(video_id: str, hand: str, start: int) -> str:
@@ -108,3 +110,14 @@ def copy_write(stem: epath.Path, ep: episode_lib.Episode) -> None:
 def exists(stem: epath.Path) -> bool:
     """Whether the episode is complete (its json is written last)."""
     return (epath.Path(stem).parent / (epath.Path(stem).name + ".json")).exists()
+
+
+def write_preview(root: str | os.PathLike, stem: epath.Path, ep: episode_lib.Episode, fmt: str) -> epath.Path:
+    """`{root}/previews/{video_id}/{stem}.{png|mp4}`: the episode's frames with the palm path and captions
+    (`preprocess.preview`), written once."""
+    from preprocess import preview
+
+    out = epath.Path(root) / PREVIEWS_DIR / ep.video_name / f"{epath.Path(stem).name}.{fmt}"
+    if not out.exists():
+        preview.render_preview(ep, ep.video, out, fmt=fmt)
+    return out

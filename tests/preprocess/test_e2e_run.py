@@ -50,6 +50,7 @@ def get_config(arg=None):
     c.segment.max_gap_seconds = 0.25  # bridges the 7 frames MediaPipe misses in the VITRA clip
     c.caption.base_url = {url!r}
     c.caption.rate_limit_rpm = 6000.0
+    c.writer.preview = "png"
     c.caption.concurrency = 1  # one captioning actor under Ray (each actor process costs start-up time)
     return c
 """
@@ -152,6 +153,11 @@ def test_local_run_labels_the_fixtures(setup, local):
             "gpt-4.1@caption_v1"
         assert ep.hands[seg.hand].kept.sum() >= 0.5 * len(ep)
     assert json.loads((out / "summary.json").read_text()) == summary
+    # A PNG preview per episode: 2 rows of 4 frames (480 px wide each) over a caption band.
+    for stem in stems:
+        png = cv2.imread(str(out / "previews" / stem.parent.name / f"{stem.name}.png"))
+        frame_h = 270 if stem.parent.name == HAWOR else 368
+        assert png.shape[1] == 4 * 480 and png.shape[0] > 2 * frame_h
 
 
 def test_output_folder_builds_with_tfds(local, tmp_path):
