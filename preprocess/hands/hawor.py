@@ -13,9 +13,11 @@ VITRA's wrapper (`data/tools/utils_hawor.py`) returns per image {'left'|'right':
 'hand_pose', 'global_orient', 'transl'}}, 'fov_x'} with only the root un-flipped and `transl` already the
 wrist joint: that is our convention as is.
 
-HaWoR's world-space output (`world_space_res.pth`) is a joblib pickle of torch tensors in the SLAM world
-frame; it is not read here (it needs joblib and arbitrary unpickling): world-space hands come from these
-camera-space results and the camera poses.
+HaWoR's world-space output `world_space_res.pth` (after its infiller fills missing frames) is a joblib list
+[trans (2,T,3), root (2,T,3) axis-angle, hand_pose (2,T,45) axis-angle, betas (2,T,10), valid (2,T)], index
+0 = left (MANO_LEFT parameters, as above), in HaWoR's SLAM world frame; `read_world_space` brings it into
+each frame's camera with world->camera extrinsics (e.g. from HaWoR's SLAM file) and reads it with
+`joblib_tensors` (no joblib, no arbitrary unpickling).
 """
 
 from __future__ import annotations
@@ -26,10 +28,12 @@ from pathlib import Path
 
 import numpy as np
 
+from preprocess.hands import joblib_tensors
 from preprocess.hands.mano_model import ManoRight, wrist_rest
 from preprocess.hands.mano_params import MIRROR, camhand_from_params, refocus
 from preprocess.records import HANDS, CamHands
 from vitra_jax.handspace.episode import load_vitra_npy
+from vitra_jax.handspace.rotations import axis_angle_to_matrix
 
 CHUNK = re.compile(r"^(\d+)_(\d+)\.json$")
 DEFAULT_FOCAL = 600.0
@@ -117,3 +121,35 @@ def read_vitra_hawor(path: str | Path, model: ManoRight, num_frames: int | None 
     frames = [int(f) for h in HANDS for f in d.get(h, {})]
     n = num_frames if num_frames is not None else (max(frames) + 1 if frames else 1)
     return from_vitra_hawor(d, n, model)
+
+
+def from_world_space(res: list, w2c: np.ndarray, model: ManoRight) -> CamHands:
+    """CamHands from HaWoR's world-space list (see module doc) and world->camera extrinsics (T, 4, 4)."""
+    try:
+        trans, root, pose, betas, valid = (np.asarray(x.numpy() if hasattr(x, "numpy") else x, np.float64)
+                                           for x in res)
+    except (TypeError, ValueError) as e:
+        raise HaworError(f"not HaWoR's world-space result list ({type(e).__name__}: {e})") from None
+    n = trans.shape[1]
+    w2c = np.asarray(w2c, np.float64)
+    if w2c.shape != (n, 4, 4) or pose.shape != (2, n, 45) or betas.shape != (2, n, 10) or valid.shape != (2, n):
+        raise HaworError(f"world-space shapes {trans.shape}, {pose.shape}, {betas.shape}, {valid.shape} do not "
+                         f"match extrinsics {w2c.shape}")
+    r_wc, t_wc = w2c[:, :3, :3], w2c[:, :3, 3]
+    hands = {}
+    for idx, hand in enumerate(HANDS):
+        mirror = MIRROR if hand == "left" else np.eye(3)
+        hp = axis_angle_to_matrix(pose[idx].reshape(n, 15, 3))
+        j0 = wrist_rest(model, betas[idx]) @ mirror
+        wrist = np.einsum("tab,tb->ta", r_wc, j0 + trans[idx]) + t_wc  # MANO rotates about J0: wrist = J0 + transl
+        kept = valid[idx] > 0
+        hands[hand] = camhand_from_params(model, hand, r_wc @ axis_angle_to_matrix(root[idx]),
+                                          mirror @ hp @ mirror, wrist - j0, betas[idx], kept, kept.astype(float))
+    return CamHands(hands=hands, backend="hawor", version="world_space_res")
+
+
+def read_world_space(path: str | Path, w2c: np.ndarray, model: ManoRight) -> CamHands:
+    """CamHands of HaWoR's `world_space_res.pth`, moved into the cameras given by w2c (T, 4, 4)."""
+    if not Path(path).is_file():
+        raise HaworError(f"HaWoR world-space result not found: {path}")
+    return from_world_space(joblib_tensors.load(path), w2c, model)

@@ -8,13 +8,18 @@ the result, J = orient · mirror(J_right − J0) + wrist, is checked separately.
 """
 
 import json
+import pickle
+import sys
+import types
 
 import numpy as np
 import pytest
 import torch
 from scipy.spatial.transform import Rotation
 
-from preprocess.hands.hawor import HaworError, hawor_camera, read_cam_space, read_vitra_hawor
+from preprocess.hands import joblib_tensors
+from preprocess.hands.hawor import HaworError, hawor_camera, read_cam_space, read_vitra_hawor, read_world_space
+from preprocess.hands.joblib_tensors import JoblibReadError
 from preprocess.hands.mano_model import load_mano
 from tests.preprocess.mano_synthetic import smplx_joints, write_synthetic_mano
 
@@ -130,3 +135,75 @@ def test_malformed_or_missing_hawor_output(pair, tmp_path):
     (tmp_path / "1" / "0_3.json").write_text(json.dumps({"init_root_orient": [[[1]]]}))
     with pytest.raises(HaworError, match="0_3.json"):
         read_cam_space(tmp_path, 5, model)
+
+
+class _JoblibWriter(pickle._Pickler):
+    """Writes like joblib.dump (joblib/numpy_pickle.py, NumpyPickler.save and NumpyArrayWrapper.write_array):
+    an array becomes a NumpyArrayWrapper, the pickle frame is committed, then one byte with the padding length
+    to a 16-byte boundary, the padding (0xff) and the array's C-order bytes."""
+
+    def save(self, obj, save_persistent_id=True):
+        if type(obj) is np.ndarray:
+            wrapper = sys.modules["joblib.numpy_pickle"].NumpyArrayWrapper()
+            wrapper.__dict__.update(subclass=np.ndarray, shape=obj.shape, order="C", dtype=obj.dtype,
+                                    allow_mmap=True, numpy_array_alignment_bytes=16)
+            super().save(wrapper)
+            self.framer.commit_frame(force=True)
+            pos = self._file.tell() + 1
+            pad = 16 - pos % 16
+            self._file.write(bytes([pad]) + b"\xff" * pad + np.ascontiguousarray(obj).tobytes())
+            return
+        super().save(obj, save_persistent_id)
+
+    def __init__(self, file):
+        super().__init__(file, protocol=4)
+        self._file = file
+
+
+def _joblib_dump(obj, path):
+    fake = types.ModuleType("joblib.numpy_pickle")
+    fake.NumpyArrayWrapper = type("NumpyArrayWrapper", (), {"__module__": "joblib.numpy_pickle"})
+    saved = {k: sys.modules.get(k) for k in ("joblib", "joblib.numpy_pickle")}
+    sys.modules["joblib"], sys.modules["joblib.numpy_pickle"] = types.ModuleType("joblib"), fake
+    try:
+        with open(path, "wb") as f:
+            _JoblibWriter(f).dump(obj)
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                sys.modules.pop(k, None)
+            else:
+                sys.modules[k] = v
+
+
+def test_world_space_res_into_camera_space(pair, tmp_path):
+    right_file, left_file, model = pair
+    rng = np.random.default_rng(3)
+    n = 4
+    trans, root, pose = rng.normal(0, 0.2, (2, n, 3)), rng.normal(0, 1, (2, n, 3)), rng.normal(0, 0.3, (2, n, 45))
+    betas = np.tile(rng.normal(0, 0.7, (2, 1, 10)), (1, n, 1))
+    valid = np.array([[1, 1, 0, 1], [0, 1, 1, 1]], bool)
+    w2c = np.tile(np.eye(4), (n, 1, 1))
+    w2c[:, :3, :3] = Rotation.random(n, random_state=5).as_matrix()
+    w2c[:, :3, 3] = rng.normal(0, 0.5, (n, 3))
+    res = [torch.tensor(trans, dtype=torch.float32), torch.tensor(root, dtype=torch.float32),
+           torch.tensor(pose, dtype=torch.float32), torch.tensor(betas, dtype=torch.float32), valid]
+    _joblib_dump(res, tmp_path / "world_space_res.pth")
+    f32 = [x.numpy().astype(np.float64) for x in res[:4]]
+
+    cam = read_world_space(tmp_path / "world_space_res.pth", w2c, model)
+
+    for idx, (hand, model_file) in enumerate((("left", left_file), ("right", right_file))):
+        world = smplx_joints(model_file, f32[3][idx, 0], f32[2][idx].reshape(n, 15, 3), f32[1][idx], f32[0][idx])
+        expected = np.einsum("tab,tjb->tja", w2c[:, :3, :3], world) + w2c[:, None, :3, 3]
+        got = cam.hands[hand]
+        assert got.kept.tolist() == valid[idx].tolist()
+        np.testing.assert_allclose(got.joints[got.kept], expected[got.kept], atol=1e-6)
+        np.testing.assert_allclose(release_definition(right_file, got, hand)[got.kept], got.joints[got.kept],
+                                   atol=1e-7)
+
+
+def test_joblib_reader_refuses_other_objects(tmp_path):
+    (tmp_path / "evil.pth").write_bytes(pickle.dumps([print], protocol=4))
+    with pytest.raises(JoblibReadError, match="builtins.print"):
+        joblib_tensors.load(tmp_path / "evil.pth")
