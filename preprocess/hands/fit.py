@@ -34,6 +34,9 @@ class FitConfig:
     error_scale_m: float = 0.01
     pose_prior: float = 0.02  # weight of |θ|² (axis-angle, rad², all 45 values)
     beta_prior: float = 1e-3  # weight of |β|²
+    # weight of Σ|R_t − R_t−1|²_F over the 15 joint rotations of neighbouring frames (both fitted, both inliers):
+    # keypoints leave twists about bones free, so without it solutions can flicker from frame to frame
+    smooth_prior: float = 0.0
     fit_beta: bool = True
     max_error_m: float = 0.03
     joint_weights: tuple[float, ...] = (1.0,) * 21
@@ -125,11 +128,15 @@ def fit_hand(model: ManoRight, keypoints: np.ndarray, valid: np.ndarray, hand: s
         return ((pred - target) ** 2).sum(-1) @ weights / weights.sum()  # (n,) weighted mean squared error
 
     gate = inlier[:, None]
+    linked = torch.as_tensor((np.diff(idx) == 1), dtype=dt) * inlier[1:] * inlier[:-1]  # neighbouring frames
     for _ in range(config.iterations):
         opt.zero_grad()
         shape = gate * beta + (1 - gate) * beta.detach()  # same value everywhere; only inliers move beta
         loss = (per_frame_error(predict(shape)).sum() / config.error_scale_m**2
                 + config.pose_prior * (pose**2).sum() + inlier.sum() * config.beta_prior * (beta**2).sum())
+        if config.smooth_prior > 0 and n > 1:
+            mats = axis_angle_to_matrix(pose)
+            loss = loss + config.smooth_prior * (((mats[1:] - mats[:-1]) ** 2).sum((1, 2, 3)) @ linked)
         loss.backward()
         opt.step()
         sched.step()

@@ -26,7 +26,7 @@ from preprocess.hands.mano_model import load_mano
 from preprocess.records import HANDS, CamHands, Intrinsics
 
 WORKER = Path(__file__).with_name("mediapipe_worker.py")
-MEDIAPIPE_FIT = FitConfig(joint_weights=(0.0,) + (1.0,) * 20)
+MEDIAPIPE_FIT = FitConfig(joint_weights=(0.0,) + (1.0,) * 20, smooth_prior=0.3)
 
 
 class MediaPipeWorkerError(RuntimeError):

@@ -120,3 +120,33 @@ def test_fit_recovers_known_hands(mano_dir, model, hand):
     # the joint rotations are ~20 degrees (median); the pose prior leaves a few degrees
     assert np.degrees(np.median(pose_err.magnitude())) < 8.0
     assert np.median(pose_err.magnitude()) < 0.4 * np.median(np.linalg.norm(pose[ok], axis=-1))
+
+
+def test_smoothness_prior_steadies_noisy_sequences(mano_dir, model):
+    rng = np.random.default_rng(7)
+    n = 10
+    start, end = natural_poses(mano_dir, 2, rng)
+    pose = start + np.linspace(0, 1, n)[:, None, None] * (end - start)  # a slow, smooth finger motion
+    orient = Rotation.from_rotvec(np.linspace([0.2, 1.0, -0.5], [0.4, 1.3, -0.3], n))
+    wrist = np.linspace([0.0, 0.0, 0.5], [0.05, -0.02, 0.45], n)
+    right = smplx_joints(mano_dir, np.zeros(10), pose, np.zeros((n, 3)), np.zeros((n, 3)))
+    clean = np.einsum("tab,tjb->tja", orient.as_matrix(), right - right[:, :1]) + wrist[:, None]
+    noisy = clean + rng.normal(0, 0.004, clean.shape)  # 4 mm keypoint noise, like lifted MediaPipe landmarks
+    truth = Rotation.from_rotvec(pose.reshape(-1, 3))
+
+    def stats(cfg):
+        got = fit_hand(model, noisy, np.ones(n, bool), "right", cfg)
+        rots = Rotation.from_matrix(got.hand_pose.reshape(-1, 3, 3))
+        step = Rotation.from_matrix(got.hand_pose[1:].reshape(-1, 3, 3)).inv() * Rotation.from_matrix(
+            got.hand_pose[:-1].reshape(-1, 3, 3))
+        return np.median(step.magnitude()), np.median((rots.inv() * truth).magnitude())
+
+    step_free, err_free = stats(FitConfig())
+    step_smooth, err_smooth = stats(FitConfig(smooth_prior=0.3))
+    true_step = np.median((Rotation.from_rotvec(pose[1:].reshape(-1, 3)).inv()
+                           * Rotation.from_rotvec(pose[:-1].reshape(-1, 3))).magnitude())
+    print(f"\nframe-to-frame joint rotation (median, deg): free {np.degrees(step_free):.1f}, smoothed "
+          f"{np.degrees(step_smooth):.1f}, true {np.degrees(true_step):.1f}; error {np.degrees(err_free):.1f} -> "
+          f"{np.degrees(err_smooth):.1f}")
+    assert step_smooth < 0.5 * step_free and abs(step_smooth - true_step) < abs(step_free - true_step)
+    assert err_smooth < err_free
