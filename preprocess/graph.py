@@ -291,8 +291,8 @@ def make_captioner(cfg: ml_collections.ConfigDict, output: str = ""):
 
 # --- per clip -----------------------------------------------------------------------------------------------
 
-def _pinhole_frames(run: Run, path: str, start: int, stop: int, intr: records.Intrinsics) -> np.ndarray:
-    frames = video.read_frames(path, start, stop, max_width=run.config.video.max_width)
+def pinhole(frames: np.ndarray, intr: records.Intrinsics) -> np.ndarray:
+    """Frames as the pinhole camera of `intr` sees them (undistorted when the raw frames are distorted)."""
     if intr.distortion.get("model", "none") != "none":
         frames = intrinsics.undistort(frames, intr)
     return frames
@@ -324,17 +324,20 @@ def run_clip(run: Run, clip: Clip, stages: Sequence[str] = CLIP_STAGES) -> bool:
     """The per-clip stages (in CLIP_STAGES order); True when all of `stages` are finished for the clip."""
     s = run.store
     info = video_info(run, clip.video_id)
-    frames_cache: list[np.ndarray] = []
+    cache: dict[str, np.ndarray] = {}  # each clip is decoded once per call
+
+    def raw():
+        if "raw" not in cache:
+            cache["raw"] = video.read_frames(info.path, clip.start, clip.stop, max_width=run.config.video.max_width)
+        return cache["raw"]
 
     def frames():
-        if not frames_cache:
-            intr = s.load(clip_key(clip, "intrinsics"))
-            frames_cache.append(_pinhole_frames(run, info.path, clip.start, clip.stop, intr))
-        return frames_cache[0]
+        if "pinhole" not in cache:
+            cache["pinhole"] = pinhole(raw(), s.load(clip_key(clip, "intrinsics")))
+        return cache["pinhole"]
 
     def do_intrinsics():
-        raw = video.read_frames(info.path, clip.start, clip.stop, max_width=run.config.video.max_width)
-        s.save(clip_key(clip, "intrinsics"), intrinsics_backend(run.config.intrinsics, clip.video_id).estimate(info, raw))
+        s.save(clip_key(clip, "intrinsics"), intrinsics_backend(run.config.intrinsics, clip.video_id).estimate(info, raw()))
 
     def do_hands():
         s.save(clip_key(clip, "hands"), clip_hands(run, clip, info, s.load(clip_key(clip, "intrinsics")), frames()))
@@ -437,7 +440,8 @@ def run_caption(run: Run, video_id: str, seg: records.Segment, captioner=None) -
         s = run.store
         info = video_info(run, video_id)
         v = s.load(video_key(video_id))
-        frames = _pinhole_frames(run, info.path, seg.start, seg.stop, v["intrinsics"])
+        raw = video.read_frames(info.path, seg.start, seg.stop, max_width=run.config.video.max_width)
+        frames = pinhole(raw, v["intrinsics"])
         local = records.Segment(seg.hand, 0, seg.stop - seg.start)
         track = writer.slice_track(v["tracks"][seg.hand], seg.start, seg.stop)
         k = frame_intrinsics(v["intrinsics"], frames).k
@@ -472,6 +476,9 @@ def write_video(run: Run, video_id: str) -> bool:
         if captioning:
             versions["caption"] = f"{run.config.caption.model}@{captioner_lib.PROMPT_VERSION}"
         written, dropped = [], []
+        source_video = None
+        if v["intrinsics"].distortion.get("model", "none") != "none" and v["segments"]:
+            source_video = writer.undistorted_video(run.output, info, v["intrinsics"])
         for seg in v["segments"]:
             cap = next((c for c in captions[seg.hand] if c.start == seg.start), None)
             if captioning and (cap is None or not cap.text):
@@ -480,7 +487,8 @@ def write_video(run: Run, video_id: str) -> bool:
             stem = writer.episode_path(run.output, video_id, seg.hand, seg.start)
             ep = writer.build_episode(info=info, segment=seg, tracks=v["tracks"], extrinsics=v["extrinsics"],
                                       intrinsics=v["intrinsics"], camera_motion=v["camera_motion"],
-                                      captions=captions, labeler_versions=versions, source=run.config.dataset)
+                                      captions=captions, labeler_versions=versions, source=run.config.dataset,
+                                      video=source_video)
             if not writer.exists(stem):
                 writer.write(stem, ep)
             if run.config.writer.preview:

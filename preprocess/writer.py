@@ -25,6 +25,7 @@ from vitra_jax.handspace.trajectory import HandTrack
 
 EPISODES_DIR = "episodes"
 PREVIEWS_DIR = "previews"
+VIDEOS_DIR = "videos"
 
 
 def episode_stem(video_id: str, hand: str, start: int) -> str:
@@ -68,12 +69,13 @@ def episode_text(segment: records.Segment, captions: dict[str, list[records.Capt
 def build_episode(*, info: records.VideoInfo, segment: records.Segment, tracks: dict[str, HandTrack],
                   extrinsics: np.ndarray, intrinsics: records.Intrinsics, camera_motion: str,
                   captions: dict[str, list[records.Caption]], labeler_versions: dict[str, str],
-                  source: str) -> episode_lib.Episode:
-    """The episode of `segment`; tracks and extrinsics cover the whole video (frame = row)."""
+                  source: str, video: str | None = None) -> episode_lib.Episode:
+    """The episode of `segment`; tracks and extrinsics cover the whole video (frame = row). `video`: the
+    file the episode's frames come from (default: the source video; an undistorted copy for distorted ones)."""
     start, stop = segment.start, segment.stop
     k = geometry.resize_intrinsics(intrinsics.k, info.width, info.height)
     return episode_lib.Episode(
-        video=os.path.abspath(info.path), video_name=info.video_id,
+        video=video or os.path.abspath(info.path), video_name=info.video_id,
         frame_index=np.arange(start, stop, dtype=np.int64),
         extrinsics=np.asarray(extrinsics[start:stop], np.float64), intrinsics=k,
         hands={h: slice_track(tracks[h], start, stop) for h in records.HANDS},
@@ -121,3 +123,34 @@ def write_preview(root: str | os.PathLike, stem: epath.Path, ep: episode_lib.Epi
     if not out.exists():
         preview.render_preview(ep, ep.video, out, fmt=fmt)
     return out
+
+
+def undistorted_video(root: str | os.PathLike, info: records.VideoInfo, intrinsics: records.Intrinsics) -> str:
+    """`{root}/videos/{video_id}.mp4`: frames 0..num_frames-1 of a distorted video, undistorted to the pinhole
+    camera of `intrinsics` at the video's own size (the episodes' intrinsics describe these frames, and the
+    dataset builder decodes the episode's `video` as it is). Written once, atomically; returns its path."""
+    import cv2
+
+    from preprocess import intrinsics as intrinsics_lib
+    from preprocess import video as video_lib
+
+    out = epath.Path(root) / VIDEOS_DIR / f"{info.video_id}.mp4"
+    if out.exists():
+        return os.fspath(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        local = os.path.join(tmp, "video.mp4")
+        sink = cv2.VideoWriter(local, cv2.VideoWriter_fourcc(*"mp4v"), info.fps, (info.width, info.height))
+        cap = cv2.VideoCapture(info.path, cv2.CAP_FFMPEG)
+        try:
+            for i in range(info.num_frames):  # decoded in order, one frame in memory at a time
+                ok, bgr = cap.read()
+                if not ok:
+                    raise video_lib.VideoError("truncated_video", f"{info.path}: decoded {i} of {info.num_frames} frames")
+                sink.write(intrinsics_lib.undistort(bgr[None], intrinsics)[0])
+        finally:
+            cap.release()
+            sink.release()
+        with open(local, "rb") as f:
+            store.atomic_write(out, f.read())
+    return os.fspath(out)

@@ -117,3 +117,41 @@ def test_precomputed_hands_give_episodes_of_the_official_annotation(tmp_path, fi
     cfg.hands.path = str(tmp_path / "missing_{video_id}.npz")
     summary = run_lib.label(str(inputs), str(tmp_path / "out2"), cfg)
     assert summary["clips"]["failed"] == {"bad_hands_file": 3} and summary["videos"]["failed"] == {"bad_hands_file": 1}
+
+
+def test_distorted_video_gets_an_undistorted_copy_for_its_episodes(tmp_path, fixtures_dir):
+    vid = "03cc49c3-a7d1-445b-9a2a-545c4fae6843"
+    inputs = tmp_path / "videos"
+    inputs.mkdir()
+    (inputs / f"{vid}.mp4").symlink_to(fixtures_dir / f"videos/{vid}.mp4")
+    camera = {"width": 480, "height": 368, "f": 220.0, "k1": -0.15, "camera_model": "simple_radial"}
+    (tmp_path / f"{vid}.geocalib.json").write_text(json.dumps(camera))
+    cfg = config_lib.get_config()
+    cfg.intrinsics.backend = "geocalib"
+    cfg.intrinsics.path = str(tmp_path / "{video_id}.geocalib.json")
+    cfg.hands.backend = "precomputed"
+    cfg.hands.path = str(fixtures_dir / f"videos/Ego4D_{vid}_ep_example.npz")
+    cfg.caption.backend = "none"
+    out = tmp_path / "out"
+    summary = run_lib.label(str(inputs), str(out), cfg)
+    assert summary["episodes"] >= 1
+    from preprocess import intrinsics
+    from vitra_jax.handspace import episode as E
+
+    copy = out / "videos" / f"{vid}.mp4"
+    for path in (out / "episodes" / vid).glob("*.json"):
+        ep = E.read_episode(path.with_suffix(""))
+        assert ep.video == str(copy)
+        np.testing.assert_allclose(ep.intrinsics, [[220, 0, 240], [0, 220, 184], [0, 0, 1]])
+    # The copy holds every frame, undistorted: compare with undistorting the decoded source (codec error only).
+    cap, ref = cv2.VideoCapture(str(copy)), cv2.VideoCapture(str(inputs / f"{vid}.mp4"))
+    intr = store.Store(out).load(f"work/{vid}/clip0000/intrinsics")
+    assert intr.distortion["model"] == "simple_radial"
+    errors, raw_errors = [], []
+    for _ in range(25):
+        (ok1, a), (ok2, b) = cap.read(), ref.read()
+        assert ok1 and ok2 and a.shape == (368, 480, 3)
+        errors.append(np.abs(a.astype(int) - intrinsics.undistort(b[None], intr)[0]).mean())
+        raw_errors.append(np.abs(a.astype(int) - b).mean())
+    assert not cap.read()[0]
+    assert max(errors) < 6 < min(raw_errors)  # it matches the undistorted frames, not the raw ones
