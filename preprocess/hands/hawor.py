@@ -67,6 +67,12 @@ def _chunks(folder: Path, num_frames: int):
         yield first, last + 1, arrays
 
 
+def cam_space_length(folder: str | Path) -> int:
+    """1 + the last frame any chunk file of a `cam_space` folder covers (0 if none)."""
+    last = [int(m.group(2)) for p in Path(folder).glob("[01]/*.json") if (m := CHUNK.match(p.name))]
+    return max(last) + 1 if last else 0
+
+
 def read_cam_space(folder: str | Path, num_frames: int, model: ManoRight,
                    k: np.ndarray | None = None, image_size: tuple[int, int] | None = None,
                    focal: float = DEFAULT_FOCAL) -> CamHands:
@@ -153,3 +159,34 @@ def read_world_space(path: str | Path, w2c: np.ndarray, model: ManoRight) -> Cam
     if not Path(path).is_file():
         raise HaworError(f"HaWoR world-space result not found: {path}")
     return from_world_space(joblib_tensors.load(path), w2c, model)
+
+
+class HaworBackend:
+    """`HandBackend` over HaWoR's `cam_space` folder of one video: frames [start, start + len(frames)).
+
+    `video_size` is the (W, H) HaWoR ran at (the video's own size; default: the frames' size) and `focal` its
+    `img_focal` in those pixels; hands are moved into the camera of the intrinsics passed to `estimate`.
+    """
+
+    name = "hawor"
+    version = "cam_space"
+
+    def __init__(self, path: str | Path, mano_dir: str | Path, *, start: int = 0,
+                 video_size: tuple[int, int] | None = None, focal: float = DEFAULT_FOCAL):
+        from preprocess.hands.mano_model import load_mano
+
+        self.path, self.start, self.video_size, self.focal = Path(path), start, video_size, focal
+        self.model = load_mano(mano_dir)
+        if not self.path.is_dir():
+            raise HaworError(f"HaWoR camera-space folder not found: {self.path}")
+
+    def estimate(self, frames: np.ndarray, intrinsics) -> CamHands:
+        from preprocess.hands.precomputed import slice_frames
+
+        stop = self.start + len(frames)
+        width, height = intrinsics.width, intrinsics.height
+        scale = 1.0 if self.video_size is None else width / self.video_size[0]
+        k_ours_in_hawor_pixels = np.asarray(intrinsics.k, np.float64) * [[1 / scale], [1 / scale], [1.0]]
+        cam = read_cam_space(self.path, max(stop, cam_space_length(self.path)), self.model, k=k_ours_in_hawor_pixels,
+                             image_size=(round(width / scale), round(height / scale)), focal=self.focal)
+        return slice_frames(cam, self.start, stop)

@@ -79,3 +79,31 @@ def read_json(path: str | Path, k: np.ndarray, model: ManoRight) -> CamHands:
     except (ValueError, KeyError, TypeError) as e:
         raise WilorError(f"{path}: not a WiLoR detections file ({type(e).__name__}: {e})") from None
     return from_detections(frames, size, k, model, d.get("focal_length"))
+
+
+class WilorBackend:
+    """`HandBackend` over a WiLoR detections JSON of one video: frames [start, start + len(frames)).
+
+    The JSON's `image_size` is the size WiLoR saw; if the frames are resized, the intrinsics passed to
+    `estimate` are taken back to that size first (pixels scale, the view does not change).
+    """
+
+    name = "wilor"
+    version = "detections"
+
+    def __init__(self, path: str | Path, mano_dir: str | Path, *, start: int = 0):
+        from preprocess.hands.mano_model import load_mano
+
+        self.path, self.start = Path(path), start
+        self.model = load_mano(mano_dir)
+        if not self.path.is_file():
+            raise WilorError(f"WiLoR detections file not found: {path}")
+
+    def estimate(self, frames: np.ndarray, intrinsics) -> CamHands:
+        from preprocess.hands.precomputed import slice_frames
+
+        size = tuple(json.loads(self.path.read_text()).get("image_size", (intrinsics.width, intrinsics.height)))
+        scale = intrinsics.width / float(size[0])
+        k = np.asarray(intrinsics.k, np.float64) * [[1 / scale], [1 / scale], [1.0]]
+        cam = read_json(self.path, k, self.model)
+        return slice_frames(cam, self.start, self.start + len(frames))

@@ -18,9 +18,10 @@ import torch
 from scipy.spatial.transform import Rotation
 
 from preprocess.hands import joblib_tensors
-from preprocess.hands.hawor import HaworError, hawor_camera, read_cam_space, read_vitra_hawor, read_world_space
+from preprocess.hands.hawor import HaworBackend, HaworError, hawor_camera, read_cam_space, read_vitra_hawor, read_world_space
 from preprocess.hands.joblib_tensors import JoblibReadError
 from preprocess.hands.mano_model import load_mano
+from preprocess.records import Intrinsics
 from tests.preprocess.mano_synthetic import smplx_joints, write_synthetic_mano
 
 M = np.diag([-1.0, 1.0, 1.0])
@@ -207,3 +208,16 @@ def test_joblib_reader_refuses_other_objects(tmp_path):
     (tmp_path / "evil.pth").write_bytes(pickle.dumps([print], protocol=4))
     with pytest.raises(JoblibReadError, match="builtins.print"):
         joblib_tensors.load(tmp_path / "evil.pth")
+
+
+def test_backend_slices_the_clip_and_handles_resized_frames(pair, tmp_path):
+    right_file, _, model = pair
+    root, pose, transl, beta = _params(np.random.default_rng(4), 6)
+    _write_chunk(tmp_path / "cam_space", 1, 0, root, pose, transl, beta)
+    k_full = np.array([[1400.0, 0, 950], [0, 1380.0, 530], [0, 0, 1]])
+    whole = read_cam_space(tmp_path / "cam_space", 6, model, k=k_full, image_size=(1920, 1080)).hands["right"]
+    backend = HaworBackend(tmp_path / "cam_space", right_file.parent, start=2, video_size=(1920, 1080))
+    half = Intrinsics(k=k_full * [[0.5], [0.5], [1]], width=960, height=540, source="given")
+    got = backend.estimate(np.zeros((3, 540, 960, 3), np.uint8), half).hands["right"]
+    np.testing.assert_allclose(got.joints, whole.joints[2:5], atol=1e-12)
+    assert got.kept.all() and not backend.estimate(np.zeros((3, 2, 2, 3), np.uint8), half).hands["left"].kept.any()

@@ -12,7 +12,8 @@ import torch
 from scipy.spatial.transform import Rotation
 
 from preprocess.hands.mano_model import load_mano
-from preprocess.hands.wilor import WilorError, read_json, wilor_focal
+from preprocess.hands.wilor import WilorBackend, WilorError, read_json, wilor_focal
+from preprocess.records import Intrinsics
 from tests.preprocess.mano_synthetic import smplx_joints, write_synthetic_mano
 
 W, H = 640, 480
@@ -82,3 +83,17 @@ def test_bad_detections_file(mano, tmp_path):
     (tmp_path / "bad.json").write_text(json.dumps({"image_size": [W, H], "frames": [[{"is_right": 1}]]}))
     with pytest.raises(WilorError, match="frame 0: malformed"):
         read_json(tmp_path / "bad.json", np.eye(3), model)
+
+
+def test_backend_with_resized_frames(mano, tmp_path):
+    right_file, model = mano
+    det, joints = detection(np.random.default_rng(5), right_file, True, 0.9, np.zeros(10))
+    path = tmp_path / "wilor.json"
+    path.write_text(json.dumps({"image_size": [W, H], "frames": [[], [det], [det]]}))
+    k = np.array([[500.0, 0, 330], [0, 505.0, 236], [0, 0, 1]])
+    whole = read_json(path, k, model).hands["right"]
+    backend = WilorBackend(path, right_file.parent, start=1)
+    half = Intrinsics(k=k * [[0.5], [0.5], [1]], width=W // 2, height=H // 2, source="given")
+    got = backend.estimate(np.zeros((2, H // 2, W // 2, 3), np.uint8), half).hands["right"]
+    np.testing.assert_allclose(got.joints, whole.joints[1:3], atol=1e-12)
+    assert got.kept.tolist() == [True, True]
