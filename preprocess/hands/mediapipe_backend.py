@@ -71,6 +71,10 @@ class MediaPipeWorker:
             raise MediaPipeWorkerError(f"MediaPipe worker: {reply.get('error')}")
         return reply, out
 
+    @property
+    def alive(self) -> bool:
+        return self._proc.poll() is None
+
     def reset(self) -> None:
         """Forget tracked hands (call between videos)."""
         self._call({"op": "reset"})
@@ -124,6 +128,9 @@ class MediaPipeBackend:
 
     @property
     def worker(self) -> MediaPipeWorker:
+        if self._worker is not None and not self._worker.alive:  # died (e.g. killed): start a new one
+            self._worker.close()
+            self._worker = None
         if self._worker is None:
             self._worker = MediaPipeWorker(self._venv, **self._settings)
         return self._worker

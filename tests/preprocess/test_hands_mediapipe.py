@@ -17,7 +17,7 @@ from preprocess import video
 from preprocess.hands import mediapipe_env
 from preprocess.hands.lift import pnp_lift
 from preprocess.hands.mano_model import MissingManoError
-from preprocess.hands.mediapipe_backend import MediaPipeBackend
+from preprocess.hands.mediapipe_backend import MediaPipeBackend, MediaPipeWorkerError
 from preprocess.records import Intrinsics
 from tests.preprocess.mano_synthetic import write_synthetic_mano
 from vitra_jax.handspace.geometry import resize_intrinsics
@@ -107,3 +107,18 @@ def test_estimate_is_repeatable(backend, vitra):
     for h in ("left", "right"):
         for name in ("kept", "wrist", "orient", "hand_pose", "joints", "beta", "score"):
             np.testing.assert_array_equal(getattr(a.hands[h], name), getattr(b.hands[h], name), err_msg=name)
+
+
+def test_worker_errors_are_reported_and_a_dead_worker_is_replaced(backend, vitra):
+    frames, intr, _ = vitra
+    with pytest.raises(MediaPipeWorkerError, match="unknown op 'bogus'"):
+        backend.worker._call({"op": "bogus"})
+    with pytest.raises(ValueError, match="uint8"):
+        backend.worker.detect(frames.astype(np.float32))
+    dead = backend.worker
+    dead._proc.kill()
+    dead._proc.wait()
+    with pytest.raises(MediaPipeWorkerError, match="worker stopped"):
+        dead.reset()
+    assert backend.estimate(frames[:4], intr).hands["right"].kept.any()  # a new worker took over
+    assert backend.worker is not dead
