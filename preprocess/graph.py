@@ -273,9 +273,16 @@ def _cached(kind: str, settings: str):
 def backend(run: Run, kind: str):
     """The hand model or captioner of this process, built on first use from the run's settings."""
     cfg = run.config[kind].to_dict()
-    if kind == "caption" and not cfg["cache_dir"] and writer.is_local(run.output):
-        cfg["cache_dir"] = os.path.join(run.output, "cache", "captions")
+    if kind == "caption":
+        cfg["cache_dir"] = caption_cache_dir(run)
     return _cached(kind, json.dumps(cfg, sort_keys=True))
+
+
+def caption_cache_dir(run: Run) -> str:
+    """`caption.cache_dir`, else `{output}/cache/captions` for a local output ('' = no cache for remote ones)."""
+    if run.config.caption.cache_dir:
+        return run.config.caption.cache_dir
+    return os.path.join(run.output, "cache", "captions") if writer.is_local(run.output) else ""
 
 
 def make_captioner(cfg: ml_collections.ConfigDict, output: str = ""):

@@ -43,7 +43,7 @@ class _Captioner:
         cfg = run.config.caption
         self.run = run
         self.captioner = graph.make_captioner(_with(cfg, rate_limit_rpm=cfg.rate_limit_rpm / pool_size,
-                                                    cache_dir=graph_cache_dir(run)))
+                                                    cache_dir=graph.caption_cache_dir(run)))
 
     def __call__(self, batch: dict) -> dict:
         ok = []
@@ -51,10 +51,6 @@ class _Captioner:
             seg = records.Segment(str(hand), int(start), int(stop))
             ok.append(graph.run_caption(self.run, str(vid), seg, self.captioner))
         return {**batch, "ok": ok}
-
-
-def graph_cache_dir(run: graph.Run) -> str:
-    return run.config.caption.cache_dir or os.path.join(run.output, "cache", "captions")
 
 
 def _with(cfg, **changes):

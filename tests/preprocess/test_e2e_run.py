@@ -190,9 +190,13 @@ def test_killed_run_resumes_to_identical_episodes(setup, local):
     assert list(out.glob("work/*/clip*/hands.done")), "the run ended before any hand result existed"
     assert not (out / "summary.json").exists() and not list(out.glob("episodes/*/*.json"))
     # Rerun to completion (2 worker processes): the same episode files, nothing twice, the same counts.
-    summary = run_lib.label(str(setup["inputs"]), str(out), _load_recipe(setup["recipe"]), workers=2)
+    done = subprocess.run([*cmd, "--workers=2", "--captioner=openai"], cwd=REPO, capture_output=True, text=True,
+                          env=dict(os.environ, PYTHONPATH=str(REPO)), timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
     assert _episode_files(out) == _episode_files(out_ref)
-    assert summary == summary_ref
+    assert json.loads((out / "summary.json").read_text()) == summary_ref
+    assert f"episodes  {summary_ref['episodes']}\n" in done.stdout and "failed: no_hands=1, unreadable_video=2" \
+        in done.stdout
 
 
 def test_ray_runner_gives_the_same_episodes(setup, local):
