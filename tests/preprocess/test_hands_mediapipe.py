@@ -15,6 +15,7 @@ import torch
 
 from preprocess import video
 from preprocess.hands import mediapipe_env
+from preprocess.hands.base import HandBackend
 from preprocess.hands.lift import pnp_lift
 from preprocess.hands.mano_model import MissingManoError
 from preprocess.hands.mediapipe_backend import MediaPipeBackend, MediaPipeWorkerError
@@ -69,7 +70,7 @@ def test_vitra_clip_right_wrist_against_the_official_annotation(backend, vitra):
     assert kept.sum() >= 15 and left.kept.sum() <= 2  # the annotation has the right hand only
     assert np.median(err) < 0.09  # reference PnP figure 8.3 cm
     assert np.median(err) <= np.median(pnp_err) + 0.005
-    assert cam.backend == "mediapipe" and np.all(right.score[~kept] == 0) and np.all(right.score[kept] > 0.5)
+    assert isinstance(backend, HandBackend) and cam.backend == "mediapipe" and np.all(right.score[~kept] == 0) and np.all(right.score[kept] > 0.5)
 
 
 def test_mirrored_frames_swap_hands_and_mirror_pixels(backend, vitra):

@@ -5,6 +5,7 @@ import dataclasses
 import numpy as np
 import pytest
 
+from preprocess.hands.base import HandBackend
 from preprocess.hands.precomputed import PrecomputedBackend, PrecomputedError, read_hands
 from preprocess.records import CamHands, Intrinsics
 from preprocess.store import Store
@@ -42,6 +43,7 @@ def test_store_records_and_backend_slices(fixtures_dir, tmp_path):
     back = read_hands(tmp_path / "work/vid/clip0000/hands.arrays.npz")
     assert_same(cam, back)
     backend = PrecomputedBackend(tmp_path / "work/vid/clip0000/hands.record.json", start=10)
+    assert isinstance(backend, HandBackend) and backend.version == "vitra_release:VITRA-1M"
     frames = np.zeros((5, 4, 4, 3), np.uint8)
     part = backend.estimate(frames, Intrinsics(k=np.eye(3), width=4, height=4, source="given"))
     np.testing.assert_array_equal(part.hands["right"].joints, cam.hands["right"].joints[10:15])
