@@ -24,6 +24,7 @@ Goal: model-free stages together ≥ 100× real time per core.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 import tempfile
@@ -84,7 +85,7 @@ def long_video(minutes: float, fps: float = 30.0):
     return info, clips, cams, poses
 
 
-def model_free(minutes: float) -> list[tuple[str, float, float]]:
+def model_free(minutes: float, max_pairs: int | None = None) -> list[tuple[str, float, float]]:
     """(stage, seconds, video seconds) per model-free stage."""
     rows = []
     frames = {}
@@ -94,6 +95,8 @@ def model_free(minutes: float) -> list[tuple[str, float, float]]:
         secs, frames[name] = _timed(lambda p=path, i=info: video.read_frames(p, 0, i.num_frames))
         rows.append((f"decode {name[:8]} ({info.width}x{info.height})", secs, info.num_frames / info.fps))
     config = camera_motion.CameraMotionConfig()
+    if max_pairs:
+        config = camera_motion.CameraMotionConfig(**{**dataclasses.asdict(config), "max_pairs": max_pairs})
     per_pair = []
     for name, f in frames.items():
         secs, motion = _timed(lambda f=f: camera_motion.classify(f, config=config), repeats=2)
@@ -160,11 +163,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--minutes", type=float, default=10.0, help="length of the replayed long video")
     parser.add_argument("--mano_dir", default=None, help="folder with MANO_RIGHT.pkl (default: synthetic)")
     parser.add_argument("--hand_frames", type=int, default=60, help="HaWoR frames for the hand backend")
+    parser.add_argument("--max_pairs", type=int, default=None, help="flow check frame pairs per clip")
     parser.add_argument("--skip_hands", action="store_true")
     args = parser.parse_args(argv)
     cv2.setNumThreads(1)
     torch.set_num_threads(1)
-    rows = model_free(args.minutes)
+    rows = model_free(args.minutes, args.max_pairs)
     print(f"{'stage (1 core)':42} {'wall s':>8} {'video s':>8} {'× real time':>12}")
     for name, secs, dur in rows:
         print(f"{name:42} {secs:8.3f} {dur:8.1f} {dur / secs:12.0f}")
