@@ -68,6 +68,8 @@ def test_missing_mano_file_names_it_and_where_to_get_it(tmp_path):
     with pytest.raises(MissingManoError) as e:
         load_mano(tmp_path)
     assert str(tmp_path / "MANO_RIGHT.pkl") in str(e.value) and "mano.is.tue.mpg.de" in str(e.value)
+    with pytest.raises(MissingManoError, match="MANO_RIGHT.pkl needed, but no mano_dir is configured"):
+        load_mano("")
     (tmp_path / "MANO_RIGHT.pkl").write_bytes(b"\x80\x02cchumpy.ch\nCh\nq\x00.")
     with pytest.raises(MissingManoError, match="chumpy"):
         load_mano(tmp_path)
