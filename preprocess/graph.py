@@ -18,9 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import os
-import sys
 from collections.abc import Sequence
 
 import cv2
@@ -28,7 +26,7 @@ import ml_collections
 import numpy as np
 
 import vitra_jax
-from preprocess import camera_motion, camera_pose, intrinsics, records, store, video, writer
+from preprocess import backends, camera_motion, camera_pose, intrinsics, records, store, video, writer
 from preprocess.caption import captioner as captioner_lib
 from preprocess.caption import overlay
 from preprocess.records import HANDS, Clip, VideoInfo
@@ -45,23 +43,6 @@ class NoHandsError(ValueError):
 # is a bug and stops the run.
 STAGE_ERRORS: tuple[type[Exception], ...] = (video.VideoError, intrinsics.IntrinsicsError, camera_pose.PoseError,
                                              captioner_lib.CaptionError, NoHandsError, episode_lib.EpisodeError)
-# Errors of the hand backends: (module, error class, reason). Looked up only once their module is loaded,
-# so processes that run no hand model never import torch.
-HAND_ERRORS = (("preprocess.hands.mediapipe_backend", "MediaPipeWorkerError", "backend_crash"),
-               ("preprocess.hands.precomputed", "PrecomputedError", "bad_hands_file"),
-               ("preprocess.hands.wilor", "WilorError", "bad_hands_file"),
-               ("preprocess.hands.hawor", "HaworError", "bad_hands_file"))
-
-
-def _hand_errors() -> dict[type[Exception], str]:
-    return {getattr(sys.modules[m], name): reason for m, name, reason in HAND_ERRORS if m in sys.modules}
-
-
-def reason_of(error: Exception) -> str:
-    for cls, reason in _hand_errors().items():
-        if isinstance(error, cls):
-            return reason
-    return getattr(error, "reason", None) or type(error).__name__
 
 
 @dataclasses.dataclass
@@ -110,8 +91,8 @@ def _guarded(run: Run, key: str, fn) -> bool:
         return True
     try:
         fn()
-    except STAGE_ERRORS + tuple(_hand_errors()) as e:
-        run.store.fail(key, reason_of(e), str(e))
+    except STAGE_ERRORS + tuple(backends.hand_errors()) as e:
+        run.store.fail(key, backends.reason_of(e), str(e))
         return False
     return True
 
@@ -160,157 +141,7 @@ def video_info(run: Run, video_id: str) -> VideoInfo:
     return run.store.load(plan_key(video_id))["info"]
 
 
-# --- backends (built once per process) ----------------------------------------------------------------------
-
-def intrinsics_backend(cfg: ml_collections.ConfigDict, video_id: str):
-    if cfg.backend == "fov_prior":
-        return intrinsics.FovPrior(cfg.fov_x_deg)
-    readers = {"droidcalib": intrinsics.DroidCalibReader, "geocalib": intrinsics.GeoCalibReader,
-               "moge": intrinsics.MoGeReader, "ego4d_omnidir": intrinsics.Ego4DOmnidirReader}
-    if cfg.backend not in readers:
-        raise ValueError(f"intrinsics.backend must be fov_prior or one of {sorted(readers)}, got {cfg.backend!r}")
-    if not cfg.path:
-        raise ValueError(f"intrinsics.backend {cfg.backend} reads files: set intrinsics.path ('{{video_id}}' "
-                         "is replaced by each video's id)")
-    return readers[cfg.backend](cfg.path.format(video_id=video_id))
-
-
-def pose_backend_for(cfg: ml_collections.ConfigDict, motion: str, video_id: str):
-    """Identity poses for a static camera; for a moving one `moving_backend`: a reader of MegaSaM or HaWoR
-    SLAM results, or `camera_frame` (no ego-motion estimate: world = the camera at every frame, recorded
-    as such in the episode's labeler versions)."""
-    name = cfg.backend
-    if name == "auto":
-        name = "static" if motion == "static" else cfg.moving_backend
-    if name == "static":
-        return camera_pose.StaticPose()
-    if name == "camera_frame":
-        return CameraFramePose()
-    readers = {"megasam": functools.partial(camera_pose.MegaSaMReader, metric=cfg.megasam_metric),
-               "hawor_slam": camera_pose.HaworSlamReader}
-    if name not in readers:
-        raise ValueError(f"camera_pose backend must be auto, static, camera_frame or one of {sorted(readers)}, "
-                         f"got {name!r}")
-    if not cfg.path:
-        raise ValueError(f"camera_pose backend {name} reads files: set camera_pose.path ('{{video_id}}' is "
-                         "replaced by each video's id)")
-    return readers[name](cfg.path.format(video_id=video_id))
-
-
-class CameraFramePose:
-    """No camera motion estimate: identity extrinsics at every frame (hands stay in camera space)."""
-
-    def estimate(self, clip: Clip, frames, intrinsics) -> records.CameraPoses:
-        eye = np.broadcast_to(np.eye(4), (len(clip), 4, 4)).copy()
-        return records.CameraPoses(extrinsics=eye, source="camera_frame", scale_known=True)
-
-
-def hand_backend(cfg: ml_collections.ConfigDict):
-    """The camera-space hand model named by `hands.backend` (with `hands.options` as keyword arguments)."""
-    options = cfg.options.to_dict()
-    import torch
-
-    # Bitwise-equal fits on every machine and runner: a fixed thread count fixes torch's reduction order.
-    torch.set_num_threads(int(cfg.torch_threads))
-    if cfg.backend == "mediapipe":
-        from preprocess.hands import mediapipe_backend
-        if "fit" in options:  # MANO fit settings by name, e.g. {'iterations': 100}
-            options["fit"] = dataclasses.replace(mediapipe_backend.MEDIAPIPE_FIT, **options["fit"])
-        return mediapipe_backend.MediaPipeBackend(cfg.mano_dir, **options)
-    raise ValueError(f"hands.backend must be one of {HAND_BACKENDS}; got {cfg.backend!r}")
-
-
-HAND_BACKENDS = ("mediapipe", "precomputed", "wilor", "hawor")
-
-
-@functools.lru_cache(maxsize=4)
-def _video_hands(backend_name: str, path: str, mano_dir: str, k: tuple, size: tuple[int, int],
-                 num_frames: int) -> records.CamHands:
-    """The whole video's hands from a result file of another tool (read once per video and process)."""
-    if backend_name == "precomputed":
-        from preprocess.hands import precomputed
-        return precomputed.read_hands(path)
-    from preprocess.hands.mano_model import load_mano
-    model, k = load_mano(mano_dir), np.asarray(k, np.float64).reshape(3, 3)
-    if backend_name == "wilor":
-        from preprocess.hands import wilor
-        return wilor.read_json(path, k, model)
-    from preprocess.hands import hawor
-    if os.path.isdir(path):
-        return hawor.read_cam_space(path, num_frames, model, k, size)
-    return hawor.read_vitra_hawor(path, model, num_frames)
-
-
-def clip_hands(run: Run, clip: Clip, info: VideoInfo, intr: records.Intrinsics, frames: np.ndarray
-               ) -> records.CamHands:
-    """Camera-space hands of a clip: the hand model on its pinhole frames, or the clip's frames of a result
-    file (`hands.path` per video; WiLoR and HaWoR results are for frames at the video's own size)."""
-    cfg = run.config.hands
-    if cfg.backend == "mediapipe":
-        return backend(run, "hands").estimate(frames, frame_intrinsics(intr, frames))
-    if cfg.backend not in HAND_BACKENDS:
-        raise ValueError(f"hands.backend must be one of {HAND_BACKENDS}; got {cfg.backend!r}")
-    if not cfg.path:
-        raise ValueError(f"hands.backend {cfg.backend} reads files: set hands.path ('{{video_id}}' is replaced "
-                         "by each video's id)")
-    from preprocess.hands import precomputed
-    k = tuple(np.asarray(intr.k, np.float64).ravel().tolist())
-    cam = _video_hands(cfg.backend, cfg.path.format(video_id=clip.video_id), cfg.mano_dir, k,
-                       (intr.width, intr.height), info.num_frames)
-    return precomputed.slice_frames(cam, clip.start, clip.stop)
-
-
-@functools.cache
-def _cached(kind: str, settings: str):
-    cfg = ml_collections.ConfigDict(json.loads(settings))
-    if kind == "hands":
-        return hand_backend(cfg)
-    if kind == "caption":
-        return make_captioner(cfg)
-    raise KeyError(kind)
-
-
-def backend(run: Run, kind: str):
-    """The hand model or captioner of this process, built on first use from the run's settings."""
-    cfg = run.config[kind].to_dict()
-    if kind == "caption":
-        cfg["cache_dir"] = caption_cache_dir(run)
-    return _cached(kind, json.dumps(cfg, sort_keys=True))
-
-
-def caption_cache_dir(run: Run) -> str:
-    """`caption.cache_dir`, else `{output}/cache/captions` for a local output ('' = no cache for remote ones)."""
-    if run.config.caption.cache_dir:
-        return run.config.caption.cache_dir
-    return os.path.join(run.output, "cache", "captions") if writer.is_local(run.output) else ""
-
-
-def make_captioner(cfg: ml_collections.ConfigDict, output: str = ""):
-    if cfg.backend == "none":
-        return captioner_lib.NoCaptioner()
-    if cfg.backend != "openai":
-        raise ValueError(f"caption.backend must be openai or none, got {cfg.backend!r}")
-    return captioner_lib.OpenAICaptioner(
-        base_url=cfg.base_url, model=cfg.model, api_key_env=cfg.api_key_env, rate_limit_rpm=cfg.rate_limit_rpm,
-        max_retries=cfg.max_retries, cache_dir=cfg.cache_dir or None,
-        price_in_per_m=cfg.usd_per_mtok_in, price_out_per_m=cfg.usd_per_mtok_out)
-
-
 # --- per clip -----------------------------------------------------------------------------------------------
-
-def pinhole(frames: np.ndarray, intr: records.Intrinsics) -> np.ndarray:
-    """Frames as the pinhole camera of `intr` sees them (undistorted when the raw frames are distorted)."""
-    if intr.distortion.get("model", "none") != "none":
-        frames = intrinsics.undistort(frames, intr)
-    return frames
-
-
-def frame_intrinsics(intr: records.Intrinsics, frames: np.ndarray) -> records.Intrinsics:
-    """The pinhole intrinsics of (undistorted) frames at their own size; `intr` is at the video's size."""
-    height, width = frames.shape[1:3]
-    k = np.asarray(intr.k, np.float64) * np.array([[width / intr.width], [height / intr.height], [1.0]])
-    return records.Intrinsics(k=k, width=width, height=height, source=intr.source)
-
 
 def hand_boxes(cam: records.CamHands, k: np.ndarray) -> list[np.ndarray]:
     """Per frame, (K, 4) x0, y0, x1, y1 pixel boxes of the tracked hands' projected joints."""
@@ -340,25 +171,27 @@ def run_clip(run: Run, clip: Clip, stages: Sequence[str] = CLIP_STAGES) -> bool:
 
     def frames():
         if "pinhole" not in cache:
-            cache["pinhole"] = pinhole(raw(), s.load(clip_key(clip, "intrinsics")))
+            cache["pinhole"] = backends.pinhole(raw(), s.load(clip_key(clip, "intrinsics")))
         return cache["pinhole"]
 
     def do_intrinsics():
-        s.save(clip_key(clip, "intrinsics"), intrinsics_backend(run.config.intrinsics, clip.video_id).estimate(info, raw()))
+        estimator = backends.intrinsics_backend(run.config.intrinsics, clip.video_id)
+        s.save(clip_key(clip, "intrinsics"), estimator.estimate(info, raw()))
 
     def do_hands():
-        s.save(clip_key(clip, "hands"), clip_hands(run, clip, info, s.load(clip_key(clip, "intrinsics")), frames()))
+        s.save(clip_key(clip, "hands"), backends.clip_hands(run.config.hands, clip, info, s.load(clip_key(clip, "intrinsics")),
+                                                             frames()))
 
     def do_motion():
         cam = s.load(clip_key(clip, "hands"))
-        k = frame_intrinsics(s.load(clip_key(clip, "intrinsics")), frames()).k
+        k = backends.frame_intrinsics(s.load(clip_key(clip, "intrinsics")), frames()).k
         cfg = camera_motion.CameraMotionConfig(**run.config.camera_motion.to_dict())
         s.save(clip_key(clip, "camera_motion"), camera_motion.classify(frames(), hand_boxes(cam, k), config=cfg))
 
     def do_poses():
         motion = s.load(clip_key(clip, "camera_motion"))
-        intr = frame_intrinsics(s.load(clip_key(clip, "intrinsics")), frames())
-        pose_backend = pose_backend_for(run.config.camera_pose, motion.label, clip.video_id)
+        intr = backends.frame_intrinsics(s.load(clip_key(clip, "intrinsics")), frames())
+        pose_backend = backends.pose_backend_for(run.config.camera_pose, motion.label, clip.video_id)
         s.save(clip_key(clip, "camera_poses"), pose_backend.estimate(clip, frames(), intr))
 
     steps = {"intrinsics": do_intrinsics, "hands": do_hands, "camera_motion": do_motion,
@@ -373,7 +206,7 @@ def run_clip(run: Run, clip: Clip, stages: Sequence[str] = CLIP_STAGES) -> bool:
 
 # --- per video ----------------------------------------------------------------------------------------------
 
-def _stitch_hands(clips: list[Clip], per_clip: list[records.CamHands]) -> records.CamHands:
+def stitch_hands(clips: list[Clip], per_clip: list[records.CamHands]) -> records.CamHands:
     hands = {}
     for h in HANDS:
         parts = [c.hands[h] for c in per_clip]
@@ -405,7 +238,7 @@ def run_video(run: Run, video_id: str) -> bool:
     def work():
         info = video_info(run, video_id)
         load = lambda stage: [s.load(clip_key(c, stage)) for c in clips]  # noqa: E731
-        cam = _stitch_hands(clips, load("hands"))
+        cam = stitch_hands(clips, load("hands"))
         if not any(h.kept.any() for h in cam.hands.values()):
             raise NoHandsError(f"{video_id}: no hand tracked in any of {info.num_frames} frames")
         motions = load("camera_motion")
@@ -448,13 +281,13 @@ def run_caption(run: Run, video_id: str, seg: records.Segment, captioner=None) -
         info = video_info(run, video_id)
         v = s.load(video_key(video_id))
         raw = video.read_frames(info.path, seg.start, seg.stop, max_width=run.config.video.max_width)
-        frames = pinhole(raw, v["intrinsics"])
+        frames = backends.pinhole(raw, v["intrinsics"])
         local = records.Segment(seg.hand, 0, seg.stop - seg.start)
         track = writer.slice_track(v["tracks"][seg.hand], seg.start, seg.stop)
-        k = frame_intrinsics(v["intrinsics"], frames).k
+        k = backends.frame_intrinsics(v["intrinsics"], frames).k
         shown = overlay.overlay_frames(frames, local, track, v["extrinsics"][seg.start:seg.stop], k)
         shown = [(t + seg.start, img) for t, img in shown]
-        cap = (captioner or backend(run, "caption")).caption(shown, seg.hand, seg)
+        cap = (captioner or backends.captioner(run.config.caption, run.output)).caption(shown, seg.hand, seg)
         s.save(key, cap)
 
     return _guarded(run, key, work)

@@ -35,7 +35,7 @@ import cv2
 import numpy as np
 import torch
 
-from preprocess import camera_motion, camera_pose, graph, intrinsics, records, segment, video, writer
+from preprocess import backends, camera_motion, camera_pose, graph, intrinsics, records, segment, video, writer
 from vitra_jax.handspace.episode import load_vitra_npy
 
 FIXTURES = Path(os.environ.get("VITRA_FIXTURES", Path(__file__).resolve().parents[3] / "shared" / "fixtures"))
@@ -111,7 +111,7 @@ def model_free(minutes: float, max_pairs: int | None = None) -> list[tuple[str, 
     def geometry():
         for _ in clips:
             intrinsics.FovPrior(90.0).estimate(info)
-        stitched = graph._stitch_hands(clips, cams)
+        stitched = graph.stitch_hands(clips, cams)
         world_poses = camera_pose.stitch_poses(clips, poses)
         return world_poses, camera_pose.world_hands(stitched, world_poses)
 
@@ -151,7 +151,7 @@ def hand_backend(mano_dir: str | None, hand_frames: int) -> list[tuple[str, dict
                 path = str(FIXTURES / "videos" / f"{name}.mp4")
                 info = video.probe(path)
                 frames = video.read_frames(path, 0, min(n, info.num_frames), max_width=max_width)
-                k = graph.frame_intrinsics(intrinsics.FovPrior(90.0).estimate(info), frames)
+                k = backends.frame_intrinsics(intrinsics.FovPrior(90.0).estimate(info), frames)
                 backend.estimate(frames[:2], k)  # start the MediaPipe process outside the timing
                 fps = backend.frames_per_second(frames, k)
                 rows.append((f"{name[:8]} {frames.shape[2]}x{frames.shape[1]}, {len(frames)} frames", fps))

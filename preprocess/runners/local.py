@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable, Sequence
 
 from tqdm import tqdm
 
-from preprocess import graph
+from preprocess import backends, graph
 
 
 def _map(fn: Callable, items: Sequence, workers: int, desc: str, pool=None) -> list:
@@ -45,7 +45,7 @@ def execute(run: graph.Run, videos: Iterable[str], workers: int = 1) -> None:
             pool.join()
     segments = [(vid, seg) for vid in ids for seg in graph.segments_of(run, vid)]
     if run.config.caption.backend != "none" and segments:
-        captioner = graph.backend(run, "caption")
+        captioner = backends.captioner(run.config.caption, run.output)
         caption = functools.partial(_star, lambda vid, seg: graph.run_caption(run, vid, seg, captioner))
         with concurrent.futures.ThreadPoolExecutor(max(1, run.config.caption.concurrency)) as threads:
             list(tqdm(threads.map(caption, segments), total=len(segments), desc="captions", dynamic_ncols=True))

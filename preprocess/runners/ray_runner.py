@@ -17,7 +17,7 @@ import os
 
 import ray
 
-from preprocess import graph, records
+from preprocess import backends, graph, records
 
 _REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -28,7 +28,7 @@ class _ClipStages:
     def __init__(self, run: graph.Run, stages: tuple[str, ...]):
         self.run, self.stages = run, stages
         if "hands" in stages and run.config.hands.backend == "mediapipe":
-            graph.backend(run, "hands")  # load the model once per actor
+            backends.hand_model(run.config.hands)  # load the model once per actor
 
     def __call__(self, batch: dict) -> dict:
         ok = []
@@ -42,8 +42,8 @@ class _Captioner:
     def __init__(self, run: graph.Run, pool_size: int):
         cfg = run.config.caption
         self.run = run
-        self.captioner = graph.make_captioner(_with(cfg, rate_limit_rpm=cfg.rate_limit_rpm / pool_size,
-                                                    cache_dir=graph.caption_cache_dir(run)))
+        self.captioner = backends.make_captioner(_with(cfg, rate_limit_rpm=cfg.rate_limit_rpm / pool_size,
+                                                       cache_dir=backends.caption_cache_dir(cfg, run.output)))
 
     def __call__(self, batch: dict) -> dict:
         ok = []

@@ -1,0 +1,199 @@
+"""Stage backends chosen by the settings, built once per process; the frames they see.
+
+- intrinsics: `fov_prior` or a reader of GeoCalib / MoGe-2 / DroidCalib / Ego4D calibration files;
+- camera poses: identity for a static camera; for a moving one a MegaSaM / HaWoR-SLAM reader or
+  `camera_frame` (no ego-motion estimate);
+- hands: the MediaPipe CPU model, or per-video result files (VITRA release, stored CamHands, WiLoR, HaWoR)
+  read once and sliced per clip;
+- captions: an OpenAI-compatible captioner or none.
+Errors of the hand backends are looked up only once their module is loaded, so processes that run no hand
+model never import torch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import os
+import sys
+
+import ml_collections
+import numpy as np
+
+from preprocess import camera_pose, intrinsics, records, writer
+from preprocess.caption import captioner as captioner_lib
+from preprocess.records import Clip, VideoInfo
+
+def intrinsics_backend(cfg: ml_collections.ConfigDict, video_id: str):
+    if cfg.backend == "fov_prior":
+        return intrinsics.FovPrior(cfg.fov_x_deg)
+    readers = {"droidcalib": intrinsics.DroidCalibReader, "geocalib": intrinsics.GeoCalibReader,
+               "moge": intrinsics.MoGeReader, "ego4d_omnidir": intrinsics.Ego4DOmnidirReader}
+    if cfg.backend not in readers:
+        raise ValueError(f"intrinsics.backend must be fov_prior or one of {sorted(readers)}, got {cfg.backend!r}")
+    if not cfg.path:
+        raise ValueError(f"intrinsics.backend {cfg.backend} reads files: set intrinsics.path ('{{video_id}}' "
+                         "is replaced by each video's id)")
+    return readers[cfg.backend](cfg.path.format(video_id=video_id))
+
+
+def pose_backend_for(cfg: ml_collections.ConfigDict, motion: str, video_id: str):
+    """Identity poses for a static camera; for a moving one `moving_backend`: a reader of MegaSaM or HaWoR
+    SLAM results, or `camera_frame` (no ego-motion estimate: world = the camera at every frame, recorded
+    as such in the episode's labeler versions)."""
+    name = cfg.backend
+    if name == "auto":
+        name = "static" if motion == "static" else cfg.moving_backend
+    if name == "static":
+        return camera_pose.StaticPose()
+    if name == "camera_frame":
+        return CameraFramePose()
+    readers = {"megasam": functools.partial(camera_pose.MegaSaMReader, metric=cfg.megasam_metric),
+               "hawor_slam": camera_pose.HaworSlamReader}
+    if name not in readers:
+        raise ValueError(f"camera_pose backend must be auto, static, camera_frame or one of {sorted(readers)}, "
+                         f"got {name!r}")
+    if not cfg.path:
+        raise ValueError(f"camera_pose backend {name} reads files: set camera_pose.path ('{{video_id}}' is "
+                         "replaced by each video's id)")
+    return readers[name](cfg.path.format(video_id=video_id))
+
+
+class CameraFramePose:
+    """No camera motion estimate: identity extrinsics at every frame (hands stay in camera space)."""
+
+    def estimate(self, clip: Clip, frames, intrinsics) -> records.CameraPoses:
+        eye = np.broadcast_to(np.eye(4), (len(clip), 4, 4)).copy()
+        return records.CameraPoses(extrinsics=eye, source="camera_frame", scale_known=True)
+
+
+def hand_backend(cfg: ml_collections.ConfigDict):
+    """The camera-space hand model named by `hands.backend` (with `hands.options` as keyword arguments)."""
+    options = cfg.options.to_dict()
+    import torch
+
+    # Bitwise-equal fits on every machine and runner: a fixed thread count fixes torch's reduction order.
+    torch.set_num_threads(int(cfg.torch_threads))
+    if cfg.backend == "mediapipe":
+        from preprocess.hands import mediapipe_backend
+        if "fit" in options:  # MANO fit settings by name, e.g. {'iterations': 100}
+            options["fit"] = dataclasses.replace(mediapipe_backend.MEDIAPIPE_FIT, **options["fit"])
+        return mediapipe_backend.MediaPipeBackend(cfg.mano_dir, **options)
+    raise ValueError(f"hands.backend must be one of {HAND_BACKENDS}; got {cfg.backend!r}")
+
+
+HAND_BACKENDS = ("mediapipe", "precomputed", "wilor", "hawor")
+
+
+@functools.lru_cache(maxsize=4)
+def _video_hands(backend_name: str, path: str, mano_dir: str, k: tuple, size: tuple[int, int],
+                 num_frames: int) -> records.CamHands:
+    """The whole video's hands from a result file of another tool (read once per video and process)."""
+    if backend_name == "precomputed":
+        from preprocess.hands import precomputed
+        return precomputed.read_hands(path)
+    from preprocess.hands.mano_model import load_mano
+    model, k = load_mano(mano_dir), np.asarray(k, np.float64).reshape(3, 3)
+    if backend_name == "wilor":
+        from preprocess.hands import wilor
+        return wilor.read_json(path, k, model)
+    from preprocess.hands import hawor
+    if os.path.isdir(path):
+        return hawor.read_cam_space(path, num_frames, model, k, size)
+    return hawor.read_vitra_hawor(path, model, num_frames)
+
+
+def clip_hands(cfg: ml_collections.ConfigDict, clip: Clip, info: VideoInfo, intr: records.Intrinsics,
+               frames: np.ndarray) -> records.CamHands:
+    """Camera-space hands of a clip (`cfg` = the `hands` settings): the hand model on its pinhole frames, or
+    the clip's frames of a result file (`hands.path` per video; WiLoR and HaWoR results are for frames at
+    the video's own size)."""
+    if cfg.backend == "mediapipe":
+        return hand_model(cfg).estimate(frames, frame_intrinsics(intr, frames))
+    if cfg.backend not in HAND_BACKENDS:
+        raise ValueError(f"hands.backend must be one of {HAND_BACKENDS}; got {cfg.backend!r}")
+    if not cfg.path:
+        raise ValueError(f"hands.backend {cfg.backend} reads files: set hands.path ('{{video_id}}' is replaced "
+                         "by each video's id)")
+    from preprocess.hands import precomputed
+    k = tuple(np.asarray(intr.k, np.float64).ravel().tolist())
+    cam = _video_hands(cfg.backend, cfg.path.format(video_id=clip.video_id), cfg.mano_dir, k,
+                       (intr.width, intr.height), info.num_frames)
+    return precomputed.slice_frames(cam, clip.start, clip.stop)
+
+
+@functools.cache
+def _cached(kind: str, settings: str):
+    cfg = ml_collections.ConfigDict(json.loads(settings))
+    if kind == "hands":
+        return hand_backend(cfg)
+    if kind == "caption":
+        return make_captioner(cfg)
+    raise KeyError(kind)
+
+
+def hand_model(cfg: ml_collections.ConfigDict):
+    """This process's hand model for the `hands` settings, built on first use."""
+    return _cached("hands", json.dumps(cfg.to_dict(), sort_keys=True))
+
+
+def captioner(cfg: ml_collections.ConfigDict, output: str):
+    """This process's captioner for the `caption` settings of a run into `output`, built on first use."""
+    d = cfg.to_dict()
+    d["cache_dir"] = caption_cache_dir(cfg, output)
+    return _cached("caption", json.dumps(d, sort_keys=True))
+
+
+def caption_cache_dir(cfg: ml_collections.ConfigDict, output: str) -> str:
+    """`caption.cache_dir`, else `{output}/cache/captions` for a local output ('' = no cache for remote ones)."""
+    if cfg.cache_dir:
+        return cfg.cache_dir
+    return os.path.join(output, "cache", "captions") if writer.is_local(output) else ""
+
+
+def make_captioner(cfg: ml_collections.ConfigDict):
+    if cfg.backend == "none":
+        return captioner_lib.NoCaptioner()
+    if cfg.backend != "openai":
+        raise ValueError(f"caption.backend must be openai or none, got {cfg.backend!r}")
+    return captioner_lib.OpenAICaptioner(
+        base_url=cfg.base_url, model=cfg.model, api_key_env=cfg.api_key_env, rate_limit_rpm=cfg.rate_limit_rpm,
+        max_retries=cfg.max_retries, cache_dir=cfg.cache_dir or None,
+        price_in_per_m=cfg.usd_per_mtok_in, price_out_per_m=cfg.usd_per_mtok_out)
+
+
+# --- per clip -----------------------------------------------------------------------------------------------
+
+# --- frames -------------------------------------------------------------------------------------------------
+
+def pinhole(frames: np.ndarray, intr: records.Intrinsics) -> np.ndarray:
+    """Frames as the pinhole camera of `intr` sees them (undistorted when the raw frames are distorted)."""
+    if intr.distortion.get("model", "none") != "none":
+        frames = intrinsics.undistort(frames, intr)
+    return frames
+
+
+def frame_intrinsics(intr: records.Intrinsics, frames: np.ndarray) -> records.Intrinsics:
+    """The pinhole intrinsics of (undistorted) frames at their own size; `intr` is at the video's size."""
+    height, width = frames.shape[1:3]
+    k = np.asarray(intr.k, np.float64) * np.array([[width / intr.width], [height / intr.height], [1.0]])
+    return records.Intrinsics(k=k, width=width, height=height, source=intr.source)
+
+
+# Errors of the hand backends: (module, error class, reason for failure counts).
+HAND_ERRORS = (("preprocess.hands.mediapipe_backend", "MediaPipeWorkerError", "backend_crash"),
+               ("preprocess.hands.precomputed", "PrecomputedError", "bad_hands_file"),
+               ("preprocess.hands.wilor", "WilorError", "bad_hands_file"),
+               ("preprocess.hands.hawor", "HaworError", "bad_hands_file"))
+
+
+def hand_errors() -> dict[type[Exception], str]:
+    return {getattr(sys.modules[m], name): reason for m, name, reason in HAND_ERRORS if m in sys.modules}
+
+
+def reason_of(error: Exception) -> str:
+    for cls, reason in hand_errors().items():
+        if isinstance(error, cls):
+            return reason
+    return getattr(error, "reason", None) or type(error).__name__
