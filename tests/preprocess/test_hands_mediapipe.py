@@ -116,6 +116,8 @@ def test_worker_errors_are_reported_and_a_dead_worker_is_replaced(backend, vitra
         backend.worker._call({"op": "bogus"})
     with pytest.raises(ValueError, match="uint8"):
         backend.worker.detect(frames.astype(np.float32))
+    with pytest.raises(ValueError, match="do not match the intrinsics' image size 480x368"):
+        backend.estimate(frames[:, :100], intr)
     dead = backend.worker
     dead._proc.kill()
     dead._proc.wait()
