@@ -84,7 +84,8 @@ def build_episode(*, info: records.VideoInfo, segment: records.Segment, tracks: 
 
 
 def is_local(path: str | os.PathLike) -> bool:
-    return "://" not in os.fspath(path) or os.fspath(path).startswith("file://")
+    """A path on this machine's file system (not a URI such as gs://bucket/run)."""
+    return "://" not in os.fspath(path)
 
 
 def write(stem: str | os.PathLike, ep: episode_lib.Episode) -> None:

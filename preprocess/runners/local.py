@@ -19,35 +19,34 @@ from tqdm import tqdm
 from preprocess import backends, graph
 
 
-def _map(fn: Callable, items: Sequence, workers: int, desc: str, pool=None) -> list:
+def _map(fn: Callable, items: Sequence, desc: str, pool=None) -> list:
     bar = functools.partial(tqdm, total=len(items), desc=desc, unit="", dynamic_ncols=True, leave=True)
     if pool is None or len(items) <= 1:
         return [fn(x) for x in bar(items)]
     return list(bar(pool.imap(fn, items, chunksize=1)))
 
 
-def _star(fn, args):
-    return fn(*args)
-
-
 def execute(run: graph.Run, videos: Iterable[str], workers: int = 1) -> None:
     videos = list(videos)
     pool = multiprocessing.get_context("spawn").Pool(workers) if workers > 1 else None
     try:
-        plans = _map(functools.partial(graph.plan_video, run), videos, workers, "probe videos", pool)
+        plans = _map(functools.partial(graph.plan_video, run), videos, "probe videos", pool)
         clips = [c for p in plans for c in p]
-        _map(functools.partial(graph.run_clip, run), clips, workers, "clips", pool)
+        _map(functools.partial(graph.run_clip, run), clips, "clips", pool)
         ids = [graph.video_id_of(v) for v, p in zip(videos, plans) if p]
-        _map(functools.partial(graph.run_video, run), ids, workers, "stitch + segment", pool)
-    finally:
+        _map(functools.partial(graph.run_video, run), ids, "stitch + segment", pool)
+    except BaseException:
         if pool is not None:
-            pool.close()
-            pool.join()
+            pool.terminate()  # stop the workers at once (Ctrl-C, a bug): finished results are already stored
+        raise
+    if pool is not None:
+        pool.close()
+        pool.join()
     segments = [(vid, seg) for vid in ids for seg in graph.segments_of(run, vid)]
     if run.config.caption.backend != "none" and segments:
         captioner = backends.captioner(run.config.caption, run.output)
-        caption = functools.partial(_star, lambda vid, seg: graph.run_caption(run, vid, seg, captioner))
         with concurrent.futures.ThreadPoolExecutor(max(1, run.config.caption.concurrency)) as threads:
-            list(tqdm(threads.map(caption, segments), total=len(segments), desc="captions", dynamic_ncols=True))
+            done = threads.map(lambda item: graph.run_caption(run, *item, captioner), segments)
+            list(tqdm(done, total=len(segments), desc="captions", dynamic_ncols=True))
     for vid in tqdm(ids, desc="episodes", dynamic_ncols=True):
         graph.write_video(run, vid)

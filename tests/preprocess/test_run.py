@@ -155,3 +155,31 @@ def test_distorted_video_gets_an_undistorted_copy_for_its_episodes(tmp_path, fix
         raw_errors.append(np.abs(a.astype(int) - b).mean())
     assert not cap.read()[0]
     assert max(errors) < 6 < min(raw_errors)  # it matches the undistorted frames, not the raw ones
+
+
+def test_remote_output_path_writes_the_same_episodes(tmp_path, fixtures_dir, monkeypatch):
+    """Outputs that are URIs (gs://...) go through epath copies and get no default caption cache; forced
+    here on a local folder, the episodes must equal those written directly."""
+    from preprocess import backends, writer
+
+    vid = "03cc49c3-a7d1-445b-9a2a-545c4fae6843"
+    inputs = tmp_path / "videos"
+    inputs.mkdir()
+    (inputs / f"{vid}.mp4").symlink_to(fixtures_dir / f"videos/{vid}.mp4")
+    cfg = config_lib.get_config()
+    cfg.hands.backend = "precomputed"
+    cfg.hands.path = str(fixtures_dir / f"videos/Ego4D_{vid}_ep_example.npz")
+    cfg.caption.backend = "none"
+    run_lib.label(str(inputs), str(tmp_path / "direct"), cfg)
+    assert backends.caption_cache_dir(cfg.caption, "gs://bucket/run") == ""
+    assert backends.caption_cache_dir(cfg.caption, str(tmp_path)) == str(tmp_path / "cache/captions")
+    copies = []
+    real_copy_write = writer.copy_write
+    monkeypatch.setattr(writer, "is_local", lambda path: False)
+    monkeypatch.setattr(writer, "copy_write", lambda stem, ep: (copies.append(stem.name), real_copy_write(stem, ep)))
+    run_lib.label(str(inputs), str(tmp_path / "remote"), cfg)
+    direct = sorted((tmp_path / "direct/episodes").rglob("*.*"))
+    remote = sorted((tmp_path / "remote/episodes").rglob("*.*"))
+    assert [p.name for p in direct] == [p.name for p in remote] and len(direct) >= 2
+    assert all(a.read_bytes() == b.read_bytes() for a, b in zip(direct, remote))
+    assert sorted(copies) == sorted({p.with_suffix("").name for p in remote})
