@@ -1,5 +1,6 @@
 # Two entry points: `make demo` (tiny end-to-end run) and `make test` (lint, then the CPU test suite).
-# Both create the virtualenv on first use and reuse it afterwards (rebuilt when requirements.txt changes).
+# Both create the virtualenv on first use and reuse it afterwards (rebuilt when requirements.txt changes),
+# plus the MediaPipe venv of the labeling pipeline (~/.cache/vitra_jax/mediapipe-venv; see preprocess/hands).
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
@@ -13,6 +14,7 @@ $(STAMP): requirements.txt pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -r requirements.txt
 	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
+	$(PY) -m preprocess.hands.mediapipe_env   # the labeling pipeline's CPU hand model lives in its own venv
 	touch $@
 
 setup: $(STAMP)
