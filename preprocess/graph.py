@@ -252,11 +252,10 @@ def run_video(run: Run, video_id: str) -> bool:
             dropped += lost
         intr = load("intrinsics")[0]
         label = "moving" if any(m.label == "moving" for m in motions) else "static"
-        versions = {
-            "video": f"opencv@{cv2.__version__}", "intrinsics": intr.source, "hands": f"{cam.backend}@{cam.version}",
-            "camera_motion": f"farneback@{motions[0].stats.get('threshold_px', '')}px",
-            "camera_pose": poses.source, "segment": "speed_minima", "pipeline": f"preprocess@{vitra_jax.__version__}",
-        }
+        here = vitra_jax.__version__  # stages computed by this package: its version
+        versions = {"video": f"opencv@{cv2.__version__}", "intrinsics": f"{intr.source}@{here}",
+                    "hands": f"{cam.backend}@{cam.version}", "camera_motion": f"farneback@{here}",
+                    "camera_pose": f"{poses.source}@{here}", "segment": f"speed_minima@{here}"}
         s.save(key, {"tracks": tracks, "extrinsics": poses.extrinsics, "intrinsics": intr, "camera_motion": label,
                      "segments": segments, "dropped": dropped, "versions": versions})
 

@@ -111,8 +111,9 @@ def test_precomputed_hands_give_episodes_of_the_official_annotation(tmp_path, fi
         np.testing.assert_array_equal(ep.extrinsics, np.broadcast_to(np.eye(4), (len(span), 4, 4)))
         np.testing.assert_allclose(ep.hands["right"].joints, official["right/joints_camspace"][span], atol=1e-12)
         np.testing.assert_allclose(ep.hands["right"].hand_pose, official["right/hand_pose"][span], atol=1e-12)
-        assert ep.labeler_versions["hands"] == "vitra_release@VITRA-1M"
-        assert ep.labeler_versions["camera_pose"] == "camera_frame"
+        assert ep.labeler_versions == {"video": f"opencv@{cv2.__version__}", "intrinsics": "fov_prior@0.1.0",
+                                       "hands": "vitra_release@VITRA-1M", "camera_motion": "farneback@0.1.0",
+                                       "camera_pose": "camera_frame@0.1.0", "segment": "speed_minima@0.1.0"}
     # A missing result file fails the clips with a reason; the run still ends with a summary.
     cfg.hands.path = str(tmp_path / "missing_{video_id}.npz")
     summary = run_lib.label(str(inputs), str(tmp_path / "out2"), cfg)
