@@ -86,41 +86,30 @@ def hand_backend(cfg: ml_collections.ConfigDict):
 HAND_BACKENDS = ("mediapipe", "precomputed", "wilor", "hawor")
 
 
-@functools.lru_cache(maxsize=4)
-def _video_hands(backend_name: str, path: str, mano_dir: str, k: tuple, size: tuple[int, int],
-                 num_frames: int) -> records.CamHands:
-    """The whole video's hands from a result file of another tool (read once per video and process)."""
-    if backend_name == "precomputed":
-        from preprocess.hands import precomputed
-        return precomputed.read_hands(path)
-    from preprocess.hands.mano_model import load_mano
-    model, k = load_mano(mano_dir), np.asarray(k, np.float64).reshape(3, 3)
-    if backend_name == "wilor":
-        from preprocess.hands import wilor
-        return wilor.read_json(path, k, model)
-    from preprocess.hands import hawor
-    if os.path.isdir(path):
-        return hawor.read_cam_space(path, num_frames, model, k, size)
-    return hawor.read_vitra_hawor(path, model, num_frames)
+def file_hands(cfg: ml_collections.ConfigDict, clip: Clip, info: VideoInfo):
+    """The hand backend replaying a result file of one video (`hands.path`) from the clip's first frame."""
+    if not cfg.path:
+        raise ValueError(f"hands.backend {cfg.backend} reads files: set hands.path ('{{video_id}}' is replaced "
+                         "by each video's id)")
+    path = cfg.path.format(video_id=clip.video_id)
+    if cfg.backend == "precomputed":
+        from preprocess.hands.precomputed import PrecomputedBackend
+        return PrecomputedBackend(path, start=clip.start)
+    if cfg.backend == "wilor":
+        from preprocess.hands.wilor import WilorBackend
+        return WilorBackend(path, cfg.mano_dir, start=clip.start)
+    if cfg.backend == "hawor":  # HaWoR ran on the video at its own size
+        from preprocess.hands.hawor import HaworBackend
+        return HaworBackend(path, cfg.mano_dir, start=clip.start, video_size=(info.width, info.height))
+    raise ValueError(f"hands.backend must be one of {HAND_BACKENDS}; got {cfg.backend!r}")
 
 
 def clip_hands(cfg: ml_collections.ConfigDict, clip: Clip, info: VideoInfo, intr: records.Intrinsics,
                frames: np.ndarray) -> records.CamHands:
-    """Camera-space hands of a clip (`cfg` = the `hands` settings): the hand model on its pinhole frames, or
-    the clip's frames of a result file (`hands.path` per video; WiLoR and HaWoR results are for frames at
-    the video's own size)."""
-    if cfg.backend == "mediapipe":
-        return hand_model(cfg).estimate(frames, frame_intrinsics(intr, frames))
-    if cfg.backend not in HAND_BACKENDS:
-        raise ValueError(f"hands.backend must be one of {HAND_BACKENDS}; got {cfg.backend!r}")
-    if not cfg.path:
-        raise ValueError(f"hands.backend {cfg.backend} reads files: set hands.path ('{{video_id}}' is replaced "
-                         "by each video's id)")
-    from preprocess.hands import precomputed
-    k = tuple(np.asarray(intr.k, np.float64).ravel().tolist())
-    cam = _video_hands(cfg.backend, cfg.path.format(video_id=clip.video_id), cfg.mano_dir, k,
-                       (intr.width, intr.height), info.num_frames)
-    return precomputed.slice_frames(cam, clip.start, clip.stop)
+    """Camera-space hands of a clip's pinhole frames (`cfg` = the `hands` settings): the hand model of this
+    process, or the clip's frames of a result file."""
+    model = hand_model(cfg) if cfg.backend == "mediapipe" else file_hands(cfg, clip, info)
+    return model.estimate(frames, frame_intrinsics(intr, frames))
 
 
 @functools.cache
