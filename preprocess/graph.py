@@ -120,8 +120,19 @@ def video_id_of(path: str) -> str:
     return os.path.splitext(os.path.basename(path))[0]
 
 
+class VideoChanged(ValueError):
+    """A video whose file differs from the one the run folder's results were computed from."""
+
+
+def _file_stamp(path: str) -> dict:
+    st = os.stat(path)
+    return {"bytes": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
 def plan_video(run: Run, path: str) -> list[Clip]:
-    """The clips of one video (probed once, then read from the store); [] when the video failed."""
+    """The clips of one video (probed once, then read from the store); [] when the video failed.
+
+    Raises VideoChanged when the file is not the one the stored results came from (size or time differ)."""
     key = plan_key(video_id_of(path))
 
     def plan():
@@ -130,11 +141,16 @@ def plan_video(run: Run, path: str) -> list[Clip]:
         if cfg.max_frames is not None:
             info.num_frames = min(info.num_frames, int(cfg.max_frames))
         clips = video.plan_clips(info, cfg.clip_seconds, cfg.overlap_seconds)
-        run.store.save(key, {"info": info, "clips": clips})
+        run.store.save(key, {"info": info, "clips": clips, "file": _file_stamp(path)})
 
     if not _guarded(run, key, plan):
         return []
-    return run.store.load(key)["clips"]
+    stored = run.store.load(key)
+    if stored["file"] != _file_stamp(path):
+        raise VideoChanged(f"{path} changed since its results in {run.output} were computed ({stored['file']} "
+                           f"-> {_file_stamp(path)}); use a new --output, or delete {run.output}/work/"
+                           f"{video_id_of(path)} and its episodes to label it again")
+    return stored["clips"]
 
 
 def video_info(run: Run, video_id: str) -> VideoInfo:

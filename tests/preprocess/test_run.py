@@ -184,3 +184,18 @@ def test_remote_output_path_writes_the_same_episodes(tmp_path, fixtures_dir, mon
     assert [p.name for p in direct] == [p.name for p in remote] and len(direct) >= 2
     assert all(a.read_bytes() == b.read_bytes() for a, b in zip(direct, remote))
     assert sorted(copies) == sorted({p.with_suffix("").name for p in remote})
+
+
+def test_a_changed_video_stops_a_rerun(tmp_path):
+    inputs = tmp_path / "videos"
+    inputs.mkdir()
+    _still_video(inputs / "one.mp4")
+    cfg = config_lib.get_config()
+    cfg.hands.backend = "precomputed"
+    cfg.hands.path = str(tmp_path / "none_{video_id}.npz")  # no hands file: the clip fails, the plan is kept
+    cfg.caption.backend = "none"
+    run_lib.label(str(inputs), str(tmp_path / "out"), cfg)
+    run_lib.label(str(inputs), str(tmp_path / "out"), cfg)  # unchanged: fine
+    _still_video(inputs / "one.mp4", frames=9)
+    with pytest.raises(graph.VideoChanged, match=r"one.mp4 changed since its results .* use a new --output"):
+        run_lib.label(str(inputs), str(tmp_path / "out"), cfg)
