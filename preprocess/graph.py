@@ -326,6 +326,9 @@ def write_video(run: Run, video_id: str) -> bool:
             if not s.done(caption_key(video_id, seg)):
                 return False  # a caption failed or is missing: nothing is written until a rerun gets it
             captions[seg.hand].append(s.load(caption_key(video_id, seg)))
+    for caps in captions.values():
+        caps.sort(key=lambda c: c.start)
+    by_start = {(c.hand, c.start): c for caps in captions.values() for c in caps}
 
     def work():
         info = video_info(run, video_id)
@@ -337,7 +340,7 @@ def write_video(run: Run, video_id: str) -> bool:
         if v["intrinsics"].distortion.get("model", "none") != "none" and v["segments"]:
             source_video = writer.undistorted_video(run.output, info, v["intrinsics"])
         for seg in v["segments"]:
-            cap = next((c for c in captions[seg.hand] if c.start == seg.start), None)
+            cap = by_start.get((seg.hand, seg.start))
             if captioning and (cap is None or not cap.text):
                 dropped.append(records.Dropped(seg.hand, seg.start, seg.stop, "caption_na"))
                 continue

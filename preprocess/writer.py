@@ -12,6 +12,7 @@ deterministic stem `{video_id}_{hand}_{start:06d}`, so `tfds build hand_vla --co
 
 from __future__ import annotations
 
+import bisect
 import os
 import tempfile
 
@@ -46,21 +47,27 @@ def slice_track(track: HandTrack, start: int, stop: int) -> HandTrack:
 def episode_text(segment: records.Segment, captions: dict[str, list[records.Caption]]) -> dict:
     """{main hand: [(caption, (0, T))], other hand: its captions overlapping the segment, clipped}.
 
-    `captions` holds every caption of the video per hand (video frames); captions without text (N/A or
-    captioning off) are left out, and so is the main hand when it has none.
+    `captions` holds every caption of the video per hand (video frames), each list sorted by start; captions
+    of one hand cover its disjoint segments, so their stops are sorted too and the overlapping ones are found
+    by bisection. Captions without text (N/A or captioning off) are left out, and so is the main hand when
+    it has none.
     """
     n = segment.stop - segment.start
     text: dict[str, list[tuple[str, tuple[int, int]]]] = {}
-    main = next((c for c in captions.get(segment.hand, [])
+    near = {}
+    for hand, caps in captions.items():
+        hi = bisect.bisect_left(caps, segment.stop, key=lambda c: c.start)
+        lo = bisect.bisect_right(caps, segment.start, hi=hi, key=lambda c: c.stop)
+        near[hand] = caps[lo:hi]  # the captions overlapping [start, stop)
+    main = next((c for c in near.get(segment.hand, [])
                  if (c.start, c.stop) == (segment.start, segment.stop) and c.text), None)
     if main is not None:
         text[segment.hand] = [(main.text, (0, n))]
-    for hand, caps in sorted(captions.items()):
+    for hand, caps in sorted(near.items()):
         if hand == segment.hand:
             continue
         spans = [(c.text, (max(c.start, segment.start) - segment.start, min(c.stop, segment.stop) - segment.start))
-                 for c in sorted(caps, key=lambda c: c.start) if c.text]
-        spans = [(t, span) for t, span in spans if span[0] < span[1]]
+                 for c in caps if c.text]
         if spans:
             text[hand] = spans
     return text

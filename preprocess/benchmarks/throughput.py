@@ -6,7 +6,7 @@ backend in frames per second.
 One thread everywhere (OpenCV, torch), so the figures are per core; a machine labels N times faster with N
 worker processes. Inputs are the real fixture videos (`../shared/fixtures/videos`, or $VITRA_FIXTURES):
 - decode: `video.read_frames` of both clips at their own size (1080p and 480×368);
-- flow check: `camera_motion.classify` on the decoded clips; it analyses at most `max_pairs` (32) frame
+- flow check: `camera_motion.classify` on the decoded clips; it analyses at most `max_pairs` (16) frame
   pairs per clip whatever its length, so the chained figure uses a 20 s clip at the slower measured cost
   per pair;
 - geometry: per-clip intrinsics (FoV prior), recombination of clip hands and cameras (`video.stitch`,

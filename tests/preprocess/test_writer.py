@@ -105,3 +105,27 @@ def test_invalid_episode_writes_nothing_and_copy_write_matches(fixtures_dir, off
         assert (tmp_path / f"a/x{suffix}").read_bytes() == (tmp_path / f"b/x{suffix}").read_bytes()
     assert json.loads((tmp_path / "b/x.json").read_text())["main_hand"] == "right"
     assert writer.is_local(tmp_path) and not writer.is_local("gs://bucket/run")
+
+
+def test_episode_text_matches_a_plain_scan_of_all_captions():
+    """Bisection over sorted, disjoint captions finds exactly the captions a scan of every caption finds."""
+    rng = np.random.default_rng(0)
+
+    def disjoint(hand, n):
+        cuts = np.sort(rng.choice(np.arange(1, 400), 2 * n, replace=False))
+        return [records.Caption(hand, int(a), int(b), None if rng.random() < 0.2 else f"{hand} {a}", "m", "v1")
+                for a, b in cuts.reshape(-1, 2)]
+
+    captions = {"left": disjoint("left", 30), "right": disjoint("right", 30)}
+    for main in ("left", "right"):
+        for cap in captions[main]:
+            seg = records.Segment(main, cap.start, cap.stop)
+            want = {}
+            if cap.text:
+                want[main] = [(cap.text, (0, seg.stop - seg.start))]
+            other = "right" if main == "left" else "left"
+            spans = [(c.text, (max(c.start, seg.start) - seg.start, min(c.stop, seg.stop) - seg.start))
+                     for c in captions[other] if c.text and c.start < seg.stop and c.stop > seg.start]
+            if spans:
+                want[other] = spans
+            assert writer.episode_text(seg, captions) == want
