@@ -24,18 +24,19 @@ from ml_collections import config_flags
 from preprocess import config as config_lib
 from preprocess import graph, store, summary
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", os.path.join(os.path.dirname(os.path.abspath(__file__)), "config.py"),
-    "Pipeline recipe (a .py file with get_config(); default preprocess/config.py).", lock_config=True)
-_INPUT = flags.DEFINE_string("input", None, "Folder of videos (or one video file).", required=True)
-_OUTPUT = flags.DEFINE_string("output", None, "Run folder: local path or etils.epath URI.", required=True)
-_WORKERS = flags.DEFINE_integer("workers", 1, "Local runner: worker processes.")
-_RUNNER = flags.DEFINE_enum("runner", "local", ["local", "ray"], "Where the stages run.")
-_ADDRESS = flags.DEFINE_string("address", None, "Ray: cluster address (default: start a local Ray).")
-_CAPTIONER = flags.DEFINE_enum("captioner", None, ["openai", "none"], "Overrides caption.backend.")
-_HANDS = flags.DEFINE_enum("hands", None, ["mediapipe", "precomputed", "wilor", "hawor"],
-                           "Overrides hands.backend.")
-_PREVIEW = flags.DEFINE_enum("preview", None, ["png", "mp4"], "Overrides writer.preview.")
+def _define_flags() -> None:
+    """Flags of the command line only (the trainer also defines `--config`; tests import both modules)."""
+    config_flags.DEFINE_config_file(
+        "config", os.path.join(os.path.dirname(os.path.abspath(__file__)), "config.py"),
+        "Pipeline recipe (a .py file with get_config(); default preprocess/config.py).", lock_config=True)
+    flags.DEFINE_string("input", None, "Folder of videos (or one video file).", required=True)
+    flags.DEFINE_string("output", None, "Run folder: local path or etils.epath URI.", required=True)
+    flags.DEFINE_integer("workers", 1, "Local runner: worker processes.")
+    flags.DEFINE_enum("runner", "local", ["local", "ray"], "Where the stages run.")
+    flags.DEFINE_string("address", None, "Ray: cluster address (default: start a local Ray).")
+    flags.DEFINE_enum("captioner", None, ["openai", "none"], "Overrides caption.backend.")
+    flags.DEFINE_enum("hands", None, ["mediapipe", "precomputed", "wilor", "hawor"], "Overrides hands.backend.")
+    flags.DEFINE_enum("preview", None, ["png", "mp4"], "Overrides writer.preview.")
 
 
 class SettingsMismatch(ValueError):
@@ -86,19 +87,20 @@ def label(input_path: str, output: str, config, *, runner: str = "local", worker
 
 def main(argv) -> None:
     del argv
-    config = _CONFIG.value
+    f = flags.FLAGS
+    config = f.config
     with config.unlocked():
-        if _CAPTIONER.value:
-            config.caption.backend = _CAPTIONER.value
-        if _HANDS.value:
-            config.hands.backend = _HANDS.value
-        if _PREVIEW.value:
-            config.writer.preview = _PREVIEW.value
-    result = label(_INPUT.value, _OUTPUT.value, config, runner=_RUNNER.value, workers=_WORKERS.value,
-                   address=_ADDRESS.value)
+        if f.captioner:
+            config.caption.backend = f.captioner
+        if f.hands:
+            config.hands.backend = f.hands
+        if f.preview:
+            config.writer.preview = f.preview
+    result = label(f.input, f.output, config, runner=f.runner, workers=f.workers, address=f.address)
     print(summary.format_summary(result))
-    print(f"summary: {epath.Path(_OUTPUT.value) / 'summary.json'}")
+    print(f"summary: {epath.Path(f.output) / 'summary.json'}")
 
 
 if __name__ == "__main__":
+    _define_flags()
     app.run(main)

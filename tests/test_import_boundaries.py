@@ -26,3 +26,18 @@ def test_package_root_is_light():
     code = f"import sys, vitra_jax; print(sorted(h for h in {HEAVY!r} if h in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_library_modules_import_together():
+    """absl flags are global: a library module defining a flag another one defines breaks every process that
+    imports both (e.g. a test session). Command-line flags belong under `if __name__ == "__main__"`."""
+    import preprocess
+    import vitra_jax
+
+    skip = ("vitra_jax.benchmarks", "preprocess.benchmarks", "preprocess.hands.mediapipe_worker")
+    modules = [m.name for pkg, prefix in ((vitra_jax, "vitra_jax."), (preprocess, "preprocess."))
+               for m in pkgutil.walk_packages(pkg.__path__, prefix) if not m.name.startswith(skip)]
+    assert "vitra_jax.train" in modules and "preprocess.run" in modules
+    code = "import importlib\n" f"for m in {modules!r}: importlib.import_module(m)\n" "print('ok')\n"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
