@@ -9,9 +9,9 @@ import shutil
 import numpy as np
 import pytest
 
-from vitra_jax import export
+from vitra_jax import export, runs
 from vitra_jax.deploy import bundle as bundle_lib
-from vitra_jax.weights import convert, names, official
+from vitra_jax.weights import names, official
 
 STEP = 7
 FILES = {"manifest.json", "config.json", "action_head.safetensors", "dataset_statistics.json", "tokenizer.model",
@@ -49,7 +49,7 @@ def tiny_run(root: pathlib.Path, qk_norm: str = "timm_0_9_10", seed: int = 0) ->
                               num_frames=100, num_episodes=3)
     out = root / "run"
     ema = {k: v * np.float32(0.5) for k, v in names.flatten(params).items()}
-    convert.write_run_folder(out, params, config=json.loads(config.to_json_best_effort()), statistics=stats,
+    runs.write_run_folder(out, params, config=json.loads(config.to_json_best_effort()), statistics=stats,
                              step=STEP, ema_params=names.unflatten(ema))
     return out
 
@@ -61,7 +61,7 @@ def run_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def run(run_dir):
-    return export.read_run(run_dir)
+    return runs.read_run(run_dir)
 
 
 @pytest.fixture(scope="module")
@@ -176,7 +176,7 @@ def test_official_preprocessing_bundle_passes_the_gate_on_the_resized_image(run,
 def test_moving_average_of_the_params_exports_with_ema(run_dir, run, tmp_path):
     from safetensors.numpy import load_file
 
-    ema = export.read_run(run_dir, ema=True)
+    ema = runs.read_run(run_dir, ema=True)
     want = names.flatten(run.params)
     got = names.flatten(ema.params)
     assert got.keys() == want.keys() and all(np.array_equal(np.asarray(got[k]), want[k] * 0.5) for k in want)
@@ -209,11 +209,11 @@ def test_corrupted_or_missing_files_are_named(exported, tmp_path, capsys):
 
 def test_read_run_names_what_is_missing(run_dir, tmp_path):
     with pytest.raises(ValueError, match=rf"no checkpoint of step 3 \(it has \[{STEP}\]\)"):
-        export.read_run(run_dir, 3)
+        runs.read_run(run_dir, 3)
     with pytest.raises(FileNotFoundError, match="vitra_jax run folder"):
-        export.read_run(tmp_path)
+        runs.read_run(tmp_path)
     with pytest.raises(FileNotFoundError, match="tokenizer model not found"):
-        export.read_run(run_dir, tokenizer=tmp_path / "none.model")
+        runs.read_run(run_dir, tokenizer=tmp_path / "none.model")
 
 
 def test_a_bundle_loads_and_predicts_in_a_process_without_jax(exported):

@@ -398,7 +398,7 @@ def tiny_bundle(root: pathlib.Path) -> pathlib.Path:
     """A bundle of the tiny policy with random weights, written by the exporter's own file writers."""
     import jax
 
-    from vitra_jax import export
+    from vitra_jax import export, runs
     from vitra_jax.data.statistics import DatasetStatistics
     from vitra_jax.models.policy import VitraPolicy, policy_config
     from vitra_jax.tokenizer import train_sentencepiece
@@ -414,7 +414,7 @@ def tiny_bundle(root: pathlib.Path) -> pathlib.Path:
                               state_std=rng.uniform(0.05, 1, S), state_q01=np.zeros(S), state_q99=np.zeros(S),
                               num_frames=100, num_episodes=3)
     tok = train_sentencepiece(["Left hand: None. Right hand: pick up the cup."] * 20, root / "tok", 300)
-    run = export.RunCheckpoint(root, 0, cfg, params, stats, tok)
+    run = runs.RunCheckpoint(root, 0, cfg, params, stats, tok)
     out = root / "bundle"
     out.mkdir()
     export.write_bundle_files(run, out)

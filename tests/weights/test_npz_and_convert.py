@@ -5,6 +5,7 @@ import pytest
 import ml_dtypes
 
 from tests.factories import save_tiny_hf, tiny_config
+from vitra_jax import runs
 from vitra_jax.weights import convert, hf, names, npz
 
 
@@ -78,7 +79,7 @@ def _dit_t_run(root, qk_norm="timm_0_9_10"):
                                  for f in ("mean", "q01", "q99")},
                               action_std=rng.uniform(0.1, 1, 102), state_std=rng.uniform(0.1, 1, 102),
                               num_frames=50, num_episodes=2)
-    convert.write_run_folder(root, params, config={"data": {"tokenizer": ""}}, statistics=stats, policy_config=cfg,
+    runs.write_run_folder(root, params, config={"data": {"tokenizer": ""}}, statistics=stats, policy_config=cfg,
                              step=3)
     return dataclasses.replace(cfg, vlm=dataclasses.replace(cfg.vlm)), params, stats
 
@@ -87,7 +88,7 @@ def test_convert_cli_official_round_trip_through_the_release_layout(tmp_path):
     import json
     import shutil
 
-    from vitra_jax.export import read_run
+    from vitra_jax.runs import read_run
 
     cfg, params, stats = _dit_t_run(tmp_path / "run")
     convert.main(["--to", "official", "--src", str(tmp_path / "run"), "--out", str(tmp_path / "off"),

@@ -21,42 +21,12 @@ renamed at the end, so a failed conversion leaves nothing behind.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import pathlib
-from typing import Any
 
 from vitra_jax.models.paligemma import paligemma_config
 from vitra_jax.weights import hf, npz
-
-
-def write_run_folder(out: str | os.PathLike, params: Any, *, config: dict, statistics: Any | None = None,
-                     policy_config: Any | None = None, step: int = 0, ema_params: Any | None = None) -> None:
-    """A run folder holding one params-only checkpoint at `step`, as `checkpoint.restore_params` and
-    `vitra_jax.export.read_run` read it: `checkpoints/<step>/{state,meta}`, `config.json` (`config`, the run's
-    training config or the part of it that applies) and `statistics.json` (a `DatasetStatistics`).
-    `policy_config` (a PolicyConfig) is recorded for models no training config names (official imports);
-    `ema_params` are stored beside the params as the trainer stores its moving average."""
-    import orbax.checkpoint as ocp
-
-    from vitra_jax.checkpoint import param_shapes
-
-    meta = {"config": config, "param_shapes": param_shapes(params), "step": step}
-    if statistics is not None:
-        meta["statistics"] = statistics.to_dict()
-    if policy_config is not None:
-        meta["policy_config"] = dataclasses.asdict(policy_config)
-    with hf.atomic_output_dir(out) as tmp:
-        options = ocp.CheckpointManagerOptions(create=True, enable_async_checkpointing=False)
-        with ocp.CheckpointManager(tmp / "checkpoints", options=options) as mngr:
-            state = {"params": params} if ema_params is None else {"params": params, "ema_params": ema_params}
-            mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                                    meta=ocp.args.JsonSave(meta)))
-            mngr.wait_until_finished()
-        (tmp / "config.json").write_text(json.dumps(config, indent=1))
-        if statistics is not None:
-            statistics.save(tmp / "statistics.json")
 
 
 def _find(src: pathlib.Path, given: str | None, names: tuple[str, ...]) -> pathlib.Path | None:
@@ -77,6 +47,7 @@ def from_official(src: str | os.PathLike, out: str | os.PathLike, *, official_co
                   statistics: str | None = None, tokenizer: str | None = None, vlm: str | None = None) -> None:
     """Release checkpoint (+ its config.json and dataset_statistics.json) -> run folder `out` (module docstring)."""
     from vitra_jax.data.statistics import load_official
+    from vitra_jax.runs import write_run_folder
     from vitra_jax.weights import official
 
     src = pathlib.Path(src)
@@ -102,7 +73,7 @@ def from_official(src: str | os.PathLike, out: str | os.PathLike, *, official_co
 def to_official(src: str | os.PathLike, out: str | os.PathLike, *, step: int | None = None,
                 vlm_name: str | None = None) -> None:
     """A run folder's step -> the release's `weights.pt`, `config.json`, `dataset_statistics.json` in `out`."""
-    from vitra_jax.export import read_run
+    from vitra_jax.runs import read_run
     from vitra_jax.weights import official
 
     run = read_run(src, step, need_tokenizer=False)
