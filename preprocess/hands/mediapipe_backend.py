@@ -156,7 +156,8 @@ class MediaPipeBackend:
         return cam, ok
 
     def estimate(self, frames: np.ndarray, intrinsics: Intrinsics, fps: float | None = None) -> CamHands:
-        """Both hands over the frames; `fps` scales the outlier speed limit (None: the config's default)."""
+        """Both hands over the frames; `fps` (None: the outlier config's default) sets the outlier window and
+        speed limit in frames."""
         frames = np.asarray(frames)
         if frames.ndim != 4 or frames.shape[1:3] != (intrinsics.height, intrinsics.width):
             raise ValueError(f"frames {frames.shape} do not match the intrinsics' image size "
