@@ -108,8 +108,10 @@ def clip_hands(cfg: ml_collections.ConfigDict, clip: Clip, info: VideoInfo, intr
                frames: np.ndarray) -> records.CamHands:
     """Camera-space hands of a clip's pinhole frames (`cfg` = the `hands` settings): the hand model of this
     process, or the clip's frames of a result file."""
-    model = hand_model(cfg) if cfg.backend == "mediapipe" else file_hands(cfg, clip, info)
-    return model.estimate(frames, frame_intrinsics(intr, frames))
+    k = frame_intrinsics(intr, frames)
+    if cfg.backend == "mediapipe":
+        return hand_model(cfg).estimate(frames, k, fps=info.fps)  # the outlier test judges speeds
+    return file_hands(cfg, clip, info).estimate(frames, k)
 
 
 @functools.cache
