@@ -69,16 +69,21 @@ def from_detections(frames: list[list[dict]], image_size: tuple[int, int], k: np
     return CamHands(hands=hands, backend="wilor", version="detections")
 
 
-def read_json(path: str | Path, k: np.ndarray, model: ManoRight) -> CamHands:
-    """CamHands from a JSON file of WiLoR detections (format in the module doc)."""
+def _load(path: str | Path) -> tuple[list[list[dict]], tuple[int, ...], float | None]:
+    """A WiLoR detections JSON (format in the module doc) as (frames, image_size, focal_length or None)."""
     try:
         d = json.loads(Path(path).read_text())
-        frames, size = d["frames"], tuple(int(x) for x in d["image_size"])
+        return d["frames"], tuple(int(x) for x in d["image_size"]), d.get("focal_length")
     except FileNotFoundError:
         raise WilorError(f"WiLoR detections file not found: {path}") from None
     except (ValueError, KeyError, TypeError) as e:
         raise WilorError(f"{path}: not a WiLoR detections file ({type(e).__name__}: {e})") from None
-    return from_detections(frames, size, k, model, d.get("focal_length"))
+
+
+def read_json(path: str | Path, k: np.ndarray, model: ManoRight) -> CamHands:
+    """CamHands from a JSON file of WiLoR detections (format in the module doc)."""
+    frames, size, focal = _load(path)
+    return from_detections(frames, size, k, model, focal)
 
 
 class WilorBackend:
@@ -102,8 +107,8 @@ class WilorBackend:
     def estimate(self, frames: np.ndarray, intrinsics) -> CamHands:
         from preprocess.hands.precomputed import slice_frames
 
-        size = tuple(json.loads(self.path.read_text()).get("image_size", (intrinsics.width, intrinsics.height)))
+        detections, size, focal = _load(self.path)
         scale = intrinsics.width / float(size[0])
         k = np.asarray(intrinsics.k, np.float64) * [[1 / scale], [1 / scale], [1.0]]
-        cam = read_json(self.path, k, self.model)
+        cam = from_detections(detections, size, k, self.model, focal)
         return slice_frames(cam, self.start, self.start + len(frames))
