@@ -48,7 +48,7 @@ def pose_backend_for(cfg: ml_collections.ConfigDict, motion: str, video_id: str)
     if name == "static":
         return camera_pose.StaticPose()
     if name == "camera_frame":
-        return CameraFramePose()
+        return camera_pose.StaticPose("camera_frame")
     readers = {"megasam": functools.partial(camera_pose.MegaSaMReader, metric=cfg.megasam_metric),
                "hawor_slam": camera_pose.HaworSlamReader}
     if name not in readers:
@@ -58,14 +58,6 @@ def pose_backend_for(cfg: ml_collections.ConfigDict, motion: str, video_id: str)
         raise ValueError(f"camera_pose backend {name} reads files: set camera_pose.path ('{{video_id}}' is "
                          "replaced by each video's id)")
     return readers[name](cfg.path.format(video_id=video_id))
-
-
-class CameraFramePose:
-    """No camera motion estimate: identity extrinsics at every frame (hands stay in camera space)."""
-
-    def estimate(self, clip: Clip, frames, intrinsics) -> records.CameraPoses:
-        eye = np.broadcast_to(np.eye(4), (len(clip), 4, 4)).copy()
-        return records.CameraPoses(extrinsics=eye, source="camera_frame", scale_known=True)
 
 
 def hand_backend(cfg: ml_collections.ConfigDict):

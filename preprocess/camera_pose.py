@@ -39,10 +39,16 @@ class PoseError(ValueError):
 
 
 class StaticPose:
+    """Identity extrinsics at every frame, recorded under `source` ('camera_frame': a moving camera left
+    without an ego-motion estimate, hands staying in camera space)."""
+
     name = "static"
 
+    def __init__(self, source: str = "static"):
+        self.source = source
+
     def estimate(self, clip: Clip, frames=None, intrinsics: Intrinsics | None = None) -> CameraPoses:
-        return CameraPoses(extrinsics=np.tile(np.eye(4), (len(clip), 1, 1)), source="static", scale_known=True)
+        return CameraPoses(extrinsics=np.tile(np.eye(4), (len(clip), 1, 1)), source=self.source, scale_known=True)
 
 
 def _load_npz(path, keys: Sequence[str]) -> dict[str, np.ndarray]:

@@ -106,6 +106,11 @@ def test_stitch_poses_refuses_clips_without_shared_frames():
 def test_static_megasam_and_hawor_readers(tmp_path):
     clip = Clip("v", 1, 5, 9)
     np.testing.assert_array_equal(camera_pose.StaticPose().estimate(clip).extrinsics, np.tile(np.eye(4), (4, 1, 1)))
+    assert camera_pose.StaticPose().estimate(clip).source == "static"
+    # A moving camera without an ego-motion estimate: the same identities, recorded as the camera frame.
+    unmoved = camera_pose.StaticPose("camera_frame").estimate(clip)
+    np.testing.assert_array_equal(unmoved.extrinsics, np.tile(np.eye(4), (4, 1, 1)))
+    assert unmoved.source == "camera_frame" and unmoved.scale_known
     # MegaSAM: cam_c2w for video frames 2..13 (frame_offset 2).
     c2w = _random_c2w(np.random.default_rng(1), 12)
     np.savez(tmp_path / "scene_droid.npz", cam_c2w=c2w, intrinsic=np.eye(3), depths=np.ones((12, 4, 4)))
