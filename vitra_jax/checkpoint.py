@@ -79,10 +79,11 @@ class Checkpointer:
         self._mngr.close()
 
 
-def restore_params(path: str | pathlib.Path, abstract_params: Any) -> Any:
+def restore_params(path: str | pathlib.Path, abstract_params: Any, tree: str = "params") -> Any:
     """Params of a vitra_jax checkpoint: a workdir, its `checkpoints/` folder, or one step directory.
 
-    Only the params are read (not the optimizer state); shapes must match `abstract_params`."""
+    Only the train state's `tree` is read ("params", or "ema_params" for the moving average; not the optimizer
+    state); shapes must match `abstract_params`."""
     path = pathlib.Path(path).absolute()
     if (path / "checkpoints").is_dir():
         path = path / "checkpoints"
@@ -97,11 +98,11 @@ def restore_params(path: str | pathlib.Path, abstract_params: Any) -> Any:
     problems = shape_mismatch(param_shapes(abstract_params), meta["param_shapes"])
     if problems:
         raise ValueError(f"checkpoint {step_dir} holds another model: " + "; ".join(problems))
-    item = {"params": abstract_params}
+    item = {tree: abstract_params}
     restored = ocp.PyTreeCheckpointer().restore(
         step_dir / "state", args=ocp.args.PyTreeRestore(item=item, restore_args=ocp.checkpoint_utils.construct_restore_args(item),
                                                          partial_restore=True))
-    return restored["params"]
+    return restored[tree]
 
 
 def load_initial_params(init: Any, vlm_cfg: Any, params: Any) -> Any:

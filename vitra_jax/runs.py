@@ -102,18 +102,12 @@ def read_run(workdir: str | os.PathLike, step: int | None = None, tokenizer: str
     device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
                             jax.eval_shape(VitraPolicy(cfg).init, jax.random.PRNGKey(0)))
-    if not ema:
-        return RunCheckpoint(workdir, step, cfg, ckpt_lib.restore_params(steps[step], abstract), stats, tok)
-    if not meta.get("config", {}).get("optim", {}).get("ema_decay", 0) > 0:
+    if ema and not meta.get("config", {}).get("optim", {}).get("ema_decay", 0) > 0:
         raise ValueError(f"{workdir} kept no moving average of its params (optim.ema_decay is not > 0); "
                          "export without --ema")
-    problems = ckpt_lib.shape_mismatch(ckpt_lib.param_shapes(abstract), meta["param_shapes"])
-    if problems:
-        raise ValueError(f"checkpoint {steps[step]} holds another model: " + "; ".join(problems))
-    item = {"ema_params": abstract}
-    restored = ocp.PyTreeCheckpointer().restore(steps[step] / "state", args=ocp.args.PyTreeRestore(
-        item=item, restore_args=ocp.checkpoint_utils.construct_restore_args(item), partial_restore=True))
-    return RunCheckpoint(workdir, step, cfg, restored["ema_params"], stats, tok, weights="ema_params")
+    weights = "ema_params" if ema else "params"
+    params = ckpt_lib.restore_params(steps[step], abstract, tree=weights)
+    return RunCheckpoint(workdir, step, cfg, params, stats, tok, weights=weights)
 
 
 def write_run_folder(out: str | os.PathLike, params: Any, *, config: dict, statistics: Any | None = None,
