@@ -31,6 +31,7 @@ from preprocess.caption import captioner as captioner_lib
 from preprocess.caption import overlay
 from preprocess.records import HANDS, Clip, VideoInfo
 from vitra_jax.handspace import episode as episode_lib
+from vitra_jax.handspace import geometry
 
 CLIP_STAGES = ("intrinsics", "hands", "camera_motion", "camera_poses")
 
@@ -167,8 +168,7 @@ def hand_boxes(cam: records.CamHands, k: np.ndarray) -> list[np.ndarray]:
         rows = []
         for h in cam.hands.values():
             if h.kept[t] and np.all(h.joints[t, :, 2] > 1e-3):
-                uv = h.joints[t] @ k.T
-                uv = uv[:, :2] / uv[:, 2:]
+                uv = geometry.project(h.joints[t], k)
                 rows.append([*uv.min(0), *uv.max(0)])
         boxes.append(np.asarray(rows, np.float64).reshape(-1, 4))
     return boxes
