@@ -192,9 +192,7 @@ def run_clip(run: Run, clip: Clip, stages: Sequence[str] = CLIP_STAGES) -> bool:
 
     def do_intrinsics():
         estimator = backends.intrinsics_backend(run.config.intrinsics, clip.video_id)
-        # The prior and the file readers ignore frames: decode only for an estimator that looks at them.
-        shown = raw() if getattr(estimator, "needs_frames", False) else None
-        s.save(clip_key(clip, "intrinsics"), estimator.estimate(info, shown))
+        s.save(clip_key(clip, "intrinsics"), estimator.estimate(info))  # the prior and the file readers use no frames
 
     def do_hands():
         s.save(clip_key(clip, "hands"), backends.clip_hands(run.config.hands, clip, info, s.load(clip_key(clip, "intrinsics")),
