@@ -24,6 +24,8 @@ from typing import Any
 FORMAT_VERSION = 1
 BUNDLE_FILES = ("config.json", "action_head.safetensors", "dataset_statistics.json", "tokenizer.model",
                 "paligemma/config.json", "paligemma/model.safetensors")
+# sampling options a bundle's config.json records and `DeployedPolicy` uses where an observation gives none
+SAMPLING_DEFAULTS = {"num_samples": 1, "cfg_scale": 5.0, "num_ddim_steps": 10, "use_ddim": True}
 
 
 class BundleError(ValueError):
@@ -72,13 +74,13 @@ def verify_bundle(path: str | os.PathLike) -> dict:
     return manifest
 
 
-def read_config(path: str | os.PathLike) -> tuple[Any, dict]:
-    """(DeployConfig, sampling defaults) of a bundle's config.json."""
+def read_config(path: str | os.PathLike) -> Any:
+    """The DeployConfig of a bundle's config.json (its `sampling` defaults are left out)."""
     from vitra_jax.deploy.policy import DeployConfig
 
     d = json.loads((pathlib.Path(path) / "config.json").read_text())
-    sampling = d.pop("sampling", {})
-    return DeployConfig.from_dict(d), sampling
+    d.pop("sampling", None)
+    return DeployConfig.from_dict(d)
 
 
 def load_model(path: str | os.PathLike, config: Any) -> Any:
@@ -120,7 +122,7 @@ def load_bundle(path: str | os.PathLike, *, device: str = "cpu", dtype: str = "f
         raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
     path = pathlib.Path(path)
     verify_bundle(path)
-    config, _ = read_config(path)
+    config = read_config(path)
     normalizer = GaussianNormalizer.from_dict(json.loads((path / "dataset_statistics.json").read_text()))
     model = load_model(path, config)
     return DeployedPolicy(model, Tokenizer(path / "tokenizer.model"), normalizer, config, device, dtype,

@@ -17,14 +17,14 @@ import numpy as np
 import torch
 
 from vitra_jax.data.observation import normalized_state
+from vitra_jax.deploy.bundle import SAMPLING_DEFAULTS
 from vitra_jax.deploy.policy import DeployConfig, TorchVitraPolicy
 from vitra_jax.deploy.preprocess import prepare_image
 from vitra_jax.handspace.trajectory import integrate_actions
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
-DEFAULTS = {"num_samples": 1, "cfg_scale": 5.0, "num_ddim_steps": 10, "use_ddim": True}
 _REQUIRED = ("image", "instruction", "state", "state_mask", "action_mask", "fov")
-_OPTIONAL = (*DEFAULTS, "seed", "noise", "step_noise")
+_OPTIONAL = (*SAMPLING_DEFAULTS, "seed", "noise", "step_noise")
 
 
 class _GraphedDenoise:
@@ -80,7 +80,7 @@ class DeployedPolicy:
                 "image_size": c.image_size, "max_text_len": c.max_text_len, "preprocess": c.preprocess,
                 "qk_norm": c.qk_norm, "num_train_steps": c.num_train_steps, "dtype": self.dtype,
                 "device": str(self.device), "compile": self.compile, "cuda_graphs": self.cuda_graphs,
-                "defaults": dict(DEFAULTS)}
+                "defaults": dict(SAMPLING_DEFAULTS)}
 
     def predict_action(self, image: np.ndarray, instruction: str, state: np.ndarray, state_mask: np.ndarray,
                        action_mask: np.ndarray, fov: np.ndarray, *, num_samples: int = 1, cfg_scale: float = 5.0,
@@ -111,7 +111,7 @@ class DeployedPolicy:
             v = np.asarray(obs[k], np.float64)
             if v.shape != shape or not np.all(np.isfinite(v)):
                 raise ValueError(f"observation {i}: {k} must be finite with shape {shape}, got {v.shape}")
-        opts = {k: obs[k] if obs.get(k) is not None else v for k, v in DEFAULTS.items()}
+        opts = {k: obs[k] if obs.get(k) is not None else v for k, v in SAMPLING_DEFAULTS.items()}
         opts = {"num_samples": int(opts["num_samples"]), "cfg_scale": float(opts["cfg_scale"]),
                 "num_ddim_steps": int(opts["num_ddim_steps"]), "use_ddim": bool(opts["use_ddim"])}
         if opts["num_samples"] < 1:
