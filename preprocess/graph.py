@@ -178,37 +178,42 @@ def run_clip(run: Run, clip: Clip, stages: Sequence[str] = CLIP_STAGES) -> bool:
     """The per-clip stages (in CLIP_STAGES order); True when all of `stages` are finished for the clip."""
     s = run.store
     info = video_info(run, clip.video_id)
-    cache: dict[str, np.ndarray] = {}  # each clip is decoded once per call
+    cache: dict = {}  # each clip is decoded and its intrinsics loaded once per call
 
     def raw():
         if "raw" not in cache:
             cache["raw"] = video.read_frames(info.path, clip.start, clip.stop, max_width=run.config.video.max_width)
         return cache["raw"]
 
+    def intr() -> records.Intrinsics:
+        if "intrinsics" not in cache:
+            cache["intrinsics"] = s.load(clip_key(clip, "intrinsics"))
+        return cache["intrinsics"]
+
     def frames():
         if "pinhole" not in cache:
-            cache["pinhole"] = backends.pinhole(raw(), s.load(clip_key(clip, "intrinsics")))
+            cache["pinhole"] = backends.pinhole(raw(), intr())
         return cache["pinhole"]
 
     def do_intrinsics():
         estimator = backends.intrinsics_backend(run.config.intrinsics, clip.video_id)
-        s.save(clip_key(clip, "intrinsics"), estimator.estimate(info))  # the prior and the file readers use no frames
+        # The prior and the file readers look at no frames.
+        s.save(clip_key(clip, "intrinsics"), estimator.estimate(info))
 
     def do_hands():
-        s.save(clip_key(clip, "hands"), backends.clip_hands(run.config.hands, clip, info, s.load(clip_key(clip, "intrinsics")),
-                                                             frames()))
+        s.save(clip_key(clip, "hands"), backends.clip_hands(run.config.hands, clip, info, intr(), frames()))
 
     def do_motion():
         cam = s.load(clip_key(clip, "hands"))
-        k = backends.frame_intrinsics(s.load(clip_key(clip, "intrinsics")), frames()).k
+        k = backends.frame_intrinsics(intr(), frames()).k
         cfg = camera_motion.CameraMotionConfig(**run.config.camera_motion.to_dict())
         s.save(clip_key(clip, "camera_motion"), camera_motion.classify(frames(), hand_boxes(cam, k), config=cfg))
 
     def do_poses():
         motion = s.load(clip_key(clip, "camera_motion"))
-        intr = backends.frame_intrinsics(s.load(clip_key(clip, "intrinsics")), frames())
         pose_backend = backends.pose_backend_for(run.config.camera_pose, motion.label, clip.video_id)
-        s.save(clip_key(clip, "camera_poses"), pose_backend.estimate(clip, frames(), intr))
+        poses = pose_backend.estimate(clip, frames(), backends.frame_intrinsics(intr(), frames()))
+        s.save(clip_key(clip, "camera_poses"), poses)
 
     steps = {"intrinsics": do_intrinsics, "hands": do_hands, "camera_motion": do_motion,
              "camera_poses": do_poses}
@@ -239,7 +244,8 @@ def run_video(run: Run, video_id: str) -> bool:
     from preprocess import segment
 
     s = run.store
-    clips = s.load(plan_key(video_id))["clips"]
+    plan = s.load(plan_key(video_id))
+    clips, info = plan["clips"], plan["info"]
     key = video_key(video_id)
     if s.done(key):
         return True
@@ -252,7 +258,6 @@ def run_video(run: Run, video_id: str) -> bool:
                 return False
 
     def work():
-        info = video_info(run, video_id)
         load = lambda stage: [s.load(clip_key(c, stage)) for c in clips]  # noqa: E731
         cam = stitch_hands(clips, load("hands"))
         if not any(h.kept.any() for h in cam.hands.values()):
@@ -266,7 +271,7 @@ def run_video(run: Run, video_id: str) -> bool:
             kept, lost = segment.segment(tracks[h], info.fps, h, config=seg_cfg)
             segments += kept
             dropped += lost
-        intr = load("intrinsics")[0]
+        intr = s.load(clip_key(clips[0], "intrinsics"))  # one camera per video: the first clip's
         label = "moving" if any(m.label == "moving" for m in motions) else "static"
         here = vitra_jax.__version__  # stages computed by this package: its version
         versions = {"video": f"opencv@{cv2.__version__}", "intrinsics": f"{intr.source}@{here}",
