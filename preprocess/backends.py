@@ -4,7 +4,7 @@
 - camera poses: identity for a static camera; for a moving one a MegaSaM / HaWoR-SLAM reader or
   `camera_frame` (no ego-motion estimate);
 - hands: the MediaPipe CPU model, or per-video result files (VITRA release, stored CamHands, WiLoR, HaWoR)
-  read once and sliced per clip;
+  turned into hands once per video and process (a few videos kept) and sliced per clip;
 - captions: an OpenAI-compatible captioner or none.
 Errors of the hand backends are looked up only once their module is loaded, so processes that run no hand
 model never import torch.
@@ -78,22 +78,50 @@ def hand_backend(cfg: ml_collections.ConfigDict):
 HAND_BACKENDS = ("mediapipe", "precomputed", "wilor", "hawor")
 
 
-def file_hands(cfg: ml_collections.ConfigDict, clip: Clip, info: VideoInfo):
-    """The hand backend replaying a result file of one video (`hands.path`) from the clip's first frame."""
+_VIDEO_HANDS: dict[tuple, records.CamHands] = {}  # a few videos' hands from result files, per process
+
+
+def file_hands(cfg: ml_collections.ConfigDict, clip: Clip, info: VideoInfo, k: records.Intrinsics,
+               frames: np.ndarray) -> records.CamHands:
+    """The clip's frames of a result file of its video (`hands.path`) in the camera `k` of the frames.
+
+    WiLoR and HaWoR results are read for the whole video (their hand shape is the mean over all kept frames),
+    so each video's file is turned into hands once per process and sliced per clip."""
+    from preprocess.hands.precomputed import slice_frames
+
     if not cfg.path:
         raise ValueError(f"hands.backend {cfg.backend} reads files: set hands.path ('{{video_id}}' is replaced "
                          "by each video's id)")
+    if cfg.backend not in ("precomputed", "wilor", "hawor"):
+        raise ValueError(f"hands.backend must be one of {HAND_BACKENDS}; got {cfg.backend!r}")
     path = cfg.path.format(video_id=clip.video_id)
+    stop = clip.start + len(frames)
+    length = None
+    if cfg.backend == "hawor":  # HaWoR's frame count: its last chunk, or the clip's end past it
+        from preprocess.hands.hawor import cam_space_length
+        length = max(stop, cam_space_length(path))
+    key = (json.dumps(cfg.to_dict(), sort_keys=True), clip.video_id, info.width, info.height,
+           np.asarray(k.k, np.float64).tobytes(), k.width, k.height, length)
+    if key not in _VIDEO_HANDS:
+        cam = _video_file_hands(cfg, path, info, k, frames, length)
+        if len(_VIDEO_HANDS) >= 4:
+            _VIDEO_HANDS.pop(next(iter(_VIDEO_HANDS)))
+        _VIDEO_HANDS[key] = cam
+    return slice_frames(_VIDEO_HANDS[key], clip.start, stop)
+
+
+def _video_file_hands(cfg: ml_collections.ConfigDict, path: str, info: VideoInfo, k: records.Intrinsics,
+                      frames: np.ndarray, length: int | None) -> records.CamHands:
     if cfg.backend == "precomputed":
-        from preprocess.hands.precomputed import PrecomputedBackend
-        return PrecomputedBackend(path, start=clip.start)
+        from preprocess.hands.precomputed import read_hands
+        return read_hands(path)
     if cfg.backend == "wilor":
         from preprocess.hands.wilor import WilorBackend
-        return WilorBackend(path, cfg.mano_dir, start=clip.start)
-    if cfg.backend == "hawor":  # HaWoR ran on the video at its own size
-        from preprocess.hands.hawor import HaworBackend
-        return HaworBackend(path, cfg.mano_dir, start=clip.start, video_size=(info.width, info.height))
-    raise ValueError(f"hands.backend must be one of {HAND_BACKENDS}; got {cfg.backend!r}")
+        return WilorBackend(path, cfg.mano_dir).video_hands(k)
+    # HaWoR ran on the video at its own size; its backend looks only at the number of frames it is given.
+    from preprocess.hands.hawor import HaworBackend
+    every_frame = np.broadcast_to(frames[:1], (length, *frames.shape[1:]))
+    return HaworBackend(path, cfg.mano_dir, video_size=(info.width, info.height)).estimate(every_frame, k)
 
 
 def clip_hands(cfg: ml_collections.ConfigDict, clip: Clip, info: VideoInfo, intr: records.Intrinsics,
@@ -103,7 +131,7 @@ def clip_hands(cfg: ml_collections.ConfigDict, clip: Clip, info: VideoInfo, intr
     k = frame_intrinsics(intr, frames)
     if cfg.backend == "mediapipe":
         return hand_model(cfg).estimate(frames, k, fps=info.fps)  # the outlier test judges speeds
-    return file_hands(cfg, clip, info).estimate(frames, k)
+    return file_hands(cfg, clip, info, k, frames)
 
 
 @functools.cache

@@ -104,11 +104,14 @@ class WilorBackend:
         if not self.path.is_file():
             raise WilorError(f"WiLoR detections file not found: {path}")
 
-    def estimate(self, frames: np.ndarray, intrinsics) -> CamHands:
-        from preprocess.hands.precomputed import slice_frames
-
+    def video_hands(self, intrinsics) -> CamHands:
+        """Every frame of the file, in the camera of `intrinsics` (at the size of the frames)."""
         detections, size, focal = _load(self.path)
         scale = intrinsics.width / float(size[0])
         k = np.asarray(intrinsics.k, np.float64) * [[1 / scale], [1 / scale], [1.0]]
-        cam = from_detections(detections, size, k, self.model, focal)
-        return slice_frames(cam, self.start, self.start + len(frames))
+        return from_detections(detections, size, k, self.model, focal)
+
+    def estimate(self, frames: np.ndarray, intrinsics) -> CamHands:
+        from preprocess.hands.precomputed import slice_frames
+
+        return slice_frames(self.video_hands(intrinsics), self.start, self.start + len(frames))

@@ -17,12 +17,15 @@ import pytest
 import torch
 from scipy.spatial.transform import Rotation
 
+from preprocess import backends
+from preprocess.config import get_config
 from preprocess.hands import joblib_tensors
 from preprocess.hands.hawor import HaworBackend, HaworError, hawor_camera, read_cam_space, read_vitra_hawor, read_world_space
 from preprocess.hands.joblib_tensors import JoblibReadError
 from preprocess.hands.mano_model import load_mano
-from preprocess.records import Intrinsics
+from preprocess.records import Clip, Intrinsics, VideoInfo
 from tests.preprocess.mano_synthetic import smplx_joints, write_synthetic_mano
+from tests.preprocess.test_hands_wilor import assert_same_hands
 
 M = np.diag([-1.0, 1.0, 1.0])
 
@@ -221,3 +224,32 @@ def test_backend_slices_the_clip_and_handles_resized_frames(pair, tmp_path):
     got = backend.estimate(np.zeros((3, 540, 960, 3), np.uint8), half).hands["right"]
     np.testing.assert_allclose(got.joints, whole.joints[2:5], atol=1e-12)
     assert got.kept.all() and not backend.estimate(np.zeros((3, 2, 2, 3), np.uint8), half).hands["left"].kept.any()
+
+
+def test_run_turns_a_cam_space_folder_into_hands_once_and_slices_its_clips(pair, tmp_path):
+    right_file, _, _ = pair
+    rng = np.random.default_rng(7)
+    folder = tmp_path / "vid"
+    _write_chunk(folder, 1, 0, *_params(rng, 4))
+    _write_chunk(folder, 1, 4, *_params(rng, 3))  # another shape: the hand keeps the mean of the two chunks
+    _write_chunk(folder, 0, 1, *_params(rng, 2))
+    cfg = get_config().hands
+    cfg.backend, cfg.path, cfg.mano_dir = "hawor", str(tmp_path / "{video_id}"), str(right_file.parent)
+    info = VideoInfo(path="vid.mp4", video_id="vid", fps=30.0, width=1920, height=1080, num_frames=9)
+    k_full = np.array([[1400.0, 0, 950], [0, 1380.0, 530], [0, 0, 1]])
+    intr = Intrinsics(k=k_full, width=1920, height=1080, source="given")
+    frames = np.zeros((3, 540, 960, 3), np.uint8)
+    clips = [Clip("vid", 0, 0, 3), Clip("vid", 1, 2, 5), Clip("vid", 2, 4, 7), Clip("vid", 3, 6, 9)]
+    k = backends.frame_intrinsics(intr, frames)
+    expected = [HaworBackend(folder, right_file.parent, start=c.start, video_size=(1920, 1080)).estimate(frames, k)
+                for c in clips]
+
+    backends._VIDEO_HANDS.clear()
+    got = [backends.clip_hands(cfg, clips[0], info, intr, frames)]
+    (folder / "1" / "0_3.json").write_text("not JSON")  # the rest of the folder's frames come from the copy
+    got += [backends.clip_hands(cfg, c, info, intr, frames) for c in clips[1:3]]
+    for g, e in zip(got, expected):
+        assert_same_hands(g, e)
+    with pytest.raises(HaworError, match="not a HaWoR camera-space result"):  # the clip past its last frame
+        backends.clip_hands(cfg, clips[3], info, intr, frames)
+    backends._VIDEO_HANDS.clear()

@@ -11,9 +11,11 @@ import pytest
 import torch
 from scipy.spatial.transform import Rotation
 
+from preprocess import backends
+from preprocess.config import get_config
 from preprocess.hands.mano_model import load_mano
 from preprocess.hands.wilor import WilorBackend, WilorError, read_json, wilor_focal
-from preprocess.records import Intrinsics
+from preprocess.records import Clip, Intrinsics, VideoInfo
 from tests.preprocess.mano_synthetic import smplx_joints, write_synthetic_mano
 
 W, H = 640, 480
@@ -97,3 +99,39 @@ def test_backend_with_resized_frames(mano, tmp_path):
     got = backend.estimate(np.zeros((2, H // 2, W // 2, 3), np.uint8), half).hands["right"]
     np.testing.assert_allclose(got.joints, whole.joints[1:3], atol=1e-12)
     assert got.kept.tolist() == [True, True]
+
+
+def assert_same_hands(got, expected):
+    assert (got.backend, got.version) == (expected.backend, expected.version)
+    for hand in ("left", "right"):
+        for field in ("kept", "wrist", "orient", "hand_pose", "joints", "beta", "score"):
+            np.testing.assert_array_equal(getattr(got.hands[hand], field), getattr(expected.hands[hand], field))
+
+
+def test_run_turns_a_video_file_into_hands_once_and_slices_its_clips(mano, tmp_path):
+    right_file, _ = mano
+    rng = np.random.default_rng(6)
+    betas = rng.normal(0, 0.7, (5, 10))  # a shape per frame: the hand keeps the mean over the whole video
+    path = tmp_path / "vid.json"
+    path.write_text(json.dumps({"image_size": [W, H], "frames": [
+        [detection(rng, right_file, True, 0.9, b)[0]] for b in betas]}))
+    cfg = get_config().hands
+    cfg.backend, cfg.path, cfg.mano_dir = "wilor", str(tmp_path / "{video_id}.json"), str(right_file.parent)
+    info = VideoInfo(path="vid.mp4", video_id="vid", fps=30.0, width=W, height=H, num_frames=5)
+    intr = Intrinsics(k=np.array([[500.0, 0, 330], [0, 505.0, 236], [0, 0, 1]]), width=W, height=H, source="given")
+    frames = np.zeros((3, H // 2, W // 2, 3), np.uint8)
+    clips = [Clip("vid", 0, 0, 3), Clip("vid", 1, 2, 5)]
+    k = backends.frame_intrinsics(intr, frames)
+    expected = [WilorBackend(path, right_file.parent, start=c.start).estimate(frames, k) for c in clips]
+
+    backends._VIDEO_HANDS.clear()
+    first = backends.clip_hands(cfg, clips[0], info, intr, frames)
+    path.write_text("not JSON")  # the rest of the video comes from this process's copy
+    second = backends.clip_hands(cfg, clips[1], info, intr, frames)
+    assert_same_hands(first, expected[0])
+    assert_same_hands(second, expected[1])
+    np.testing.assert_allclose(second.hands["right"].beta, betas.mean(0), atol=1e-12)
+    other = Intrinsics(k=intr.k * [[1.1], [1.1], [1]], width=W, height=H, source="given")
+    with pytest.raises(WilorError, match="not a WiLoR detections file"):  # another camera: read again
+        backends.clip_hands(cfg, clips[1], info, other, frames)
+    backends._VIDEO_HANDS.clear()
