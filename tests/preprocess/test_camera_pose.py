@@ -1,23 +1,17 @@
 """Camera-pose readers, recombination of clip poses and world-space hands (official fixture episode)."""
 
-import json
-
 import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
 
 from preprocess import camera_pose
 from preprocess.records import CameraPoses, CamHand, CamHands, Clip, empty_cam_hand
-
-STEM = "Ego4D_03cc49c3-a7d1-445b-9a2a-545c4fae6843_ep_example"
+from tests.preprocess import vitra_example
 
 
 @pytest.fixture(scope="module")
 def episode(fixtures_dir):
-    path = fixtures_dir / "videos" / STEM
-    with np.load(f"{path}.npz") as z:
-        arrays = {k: z[k] for k in z.files}
-    return arrays, json.loads((fixtures_dir / "videos" / f"{STEM}.json").read_text())
+    return vitra_example.arrays(fixtures_dir), vitra_example.meta(fixtures_dir)
 
 
 def test_world_hands_reproduce_the_official_world_space(episode):

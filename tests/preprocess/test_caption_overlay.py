@@ -1,28 +1,17 @@
 """Trajectory overlay on the official VITRA example: drawn pixels against projections computed here."""
 
-import cv2
 import numpy as np
 import pytest
 
 from preprocess.caption import overlay
 from preprocess.records import Segment
+from tests.preprocess.vitra_example import H, W, arrays, decode_rgb, video_path
 from vitra_jax.handspace.trajectory import HandTrack
-
-STEM = "videos/Ego4D_03cc49c3-a7d1-445b-9a2a-545c4fae6843_ep_example"
-VIDEO = "videos/03cc49c3-a7d1-445b-9a2a-545c4fae6843.mp4"
-W, H = 480, 368
 
 
 @pytest.fixture(scope="module")
 def example(fixtures_dir):
-    z = np.load(fixtures_dir / f"{STEM}.npz")
-    cap = cv2.VideoCapture(str(fixtures_dir / VIDEO))
-    frames = []
-    while True:
-        ok, f = cap.read()
-        if not ok:
-            break
-        frames.append(cv2.cvtColor(f, cv2.COLOR_BGR2RGB))
+    z = arrays(fixtures_dir)
     track = HandTrack(wrist=z["right/transl_worldspace"], orient=z["right/global_orient_worldspace"],
                       hand_pose=z["right/hand_pose"], joints=z["right/joints_worldspace"],
                       kept=z["right/kept_frames"].astype(bool), beta=z["right/beta"])
@@ -30,7 +19,7 @@ def example(fixtures_dir):
     # Release intrinsics (1440x1080 original) normalised by (2cx, 2cy), then scaled to the 480x368 video.
     k_video = np.array([[k[0, 0] / (2 * k[0, 2]) * W, 0, k[0, 2] / (2 * k[0, 2]) * W],
                         [0, k[1, 1] / (2 * k[1, 2]) * H, k[1, 2] / (2 * k[1, 2]) * H], [0, 0, 1]])
-    return np.stack(frames), track, z["extrinsics"].astype(np.float64), k_video
+    return decode_rgb(video_path(fixtures_dir)), track, z["extrinsics"].astype(np.float64), k_video
 
 
 def projected_palm(track, extrinsics, k, t, stop):

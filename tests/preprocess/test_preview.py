@@ -1,36 +1,16 @@
 """Episode previews of the official VITRA example: files decode, sizes, and the path drawn where it projects."""
 
-import json
-
 import cv2
 import numpy as np
 import pytest
 
 from preprocess import preview
-from vitra_jax.handspace.episode import from_vitra
-
-STEM = "videos/Ego4D_03cc49c3-a7d1-445b-9a2a-545c4fae6843_ep_example"
-VIDEO = "videos/03cc49c3-a7d1-445b-9a2a-545c4fae6843.mp4"
-W, H = 480, 368
+from tests.preprocess.vitra_example import H, W, decode_rgb, episode, video_path
 
 
 @pytest.fixture(scope="module")
 def example(fixtures_dir):
-    z = np.load(fixtures_dir / f"{STEM}.npz")
-    d = json.loads((fixtures_dir / f"{STEM}.json").read_text())
-    for key in ("extrinsics", "intrinsics", "video_decode_frame"):
-        d[key] = z[key]
-    for hand in ("left", "right"):
-        d[hand] = {f.split("/", 1)[1]: z[f] for f in z.files if f.startswith(hand + "/")}
-    ep = from_vitra(d, video=str(fixtures_dir / VIDEO))
-    cap = cv2.VideoCapture(str(fixtures_dir / VIDEO))
-    raw = []
-    while True:
-        ok, f = cap.read()
-        if not ok:
-            break
-        raw.append(cv2.cvtColor(f, cv2.COLOR_BGR2RGB))
-    return ep, np.stack(raw)
+    return episode(fixtures_dir), decode_rgb(video_path(fixtures_dir))
 
 
 def palm_pixels(ep, t):
@@ -82,14 +62,8 @@ def test_png_strip(example, tmp_path):
 def test_mp4_every_frame(example, tmp_path):
     ep, raw = example
     out = preview.render_preview(ep, ep.video, tmp_path / "ep.mp4", fmt="mp4")
-    cap = cv2.VideoCapture(str(out))
-    assert cap.get(cv2.CAP_PROP_FPS) == pytest.approx(30.0)
-    frames = []
-    while True:
-        ok, f = cap.read()
-        if not ok:
-            break
-        frames.append(cv2.cvtColor(f, cv2.COLOR_BGR2RGB).astype(int))
+    assert cv2.VideoCapture(str(out)).get(cv2.CAP_PROP_FPS) == pytest.approx(30.0)
+    frames = decode_rgb(out).astype(int)
     assert len(frames) == 25 and frames[0].shape == (H + 24, W, 3)
     for t in (0, 12):
         uv = palm_pixels(ep, t)

@@ -12,6 +12,7 @@ from preprocess import config as config_lib
 from preprocess import graph, store
 from preprocess import run as run_lib
 from preprocess.hands import mediapipe_env
+from tests.preprocess import vitra_example
 from tests.preprocess.mano_synthetic import write_synthetic_mano
 
 
@@ -96,8 +97,7 @@ def test_precomputed_hands_give_episodes_of_the_official_annotation(tmp_path, fi
     cfg.video.clip_seconds, cfg.video.overlap_seconds = 0.5, 0.2  # clips [0, 15), [9, 24), [18, 25)
     summary = run_lib.label(str(inputs), str(tmp_path / "out"), cfg)
     assert summary["clips"] == {"total": 3, "done": 3, "failed": {}} and summary["videos"]["done"] == 1
-    with np.load(npz) as z:
-        official = {k: z[k] for k in z.files}
+    official = vitra_example.arrays(fixtures_dir)
     from vitra_jax.handspace import episode as E
 
     stems = sorted((tmp_path / "out/episodes" / vid).glob("*.json"))

@@ -7,9 +7,8 @@ import pytest
 
 from preprocess.records import Dropped, Segment
 from preprocess.segment import SegmentConfig, segment
+from tests.preprocess import vitra_example
 from vitra_jax.handspace.trajectory import HandTrack
-
-STEM = "Ego4D_03cc49c3-a7d1-445b-9a2a-545c4fae6843_ep_example"
 
 
 def _track(wrist, kept=None):
@@ -75,10 +74,10 @@ def test_too_long_is_dropped_or_split():
 
 
 def test_official_episode_is_one_segment(fixtures_dir):
-    with np.load(fixtures_dir / "videos" / f"{STEM}.npz") as z:
-        tracks = {h: HandTrack(wrist=z[f"{h}/transl_worldspace"], orient=z[f"{h}/global_orient_worldspace"],
-                               hand_pose=z[f"{h}/hand_pose"], joints=z[f"{h}/joints_worldspace"],
-                               kept=z[f"{h}/kept_frames"].astype(bool), beta=z[f"{h}/beta"]) for h in ("left", "right")}
+    z = vitra_example.arrays(fixtures_dir)
+    tracks = {h: HandTrack(wrist=z[f"{h}/transl_worldspace"], orient=z[f"{h}/global_orient_worldspace"],
+                           hand_pose=z[f"{h}/hand_pose"], joints=z[f"{h}/joints_worldspace"],
+                           kept=z[f"{h}/kept_frames"].astype(bool), beta=z[f"{h}/beta"]) for h in ("left", "right")}
     # The release labels this clip as one action, 'Pick up the spray bottle.', frames [0, 25).
     assert segment(tracks["right"], 30.0, "right") == ([Segment("right", 0, 25)], [])
     assert segment(tracks["left"], 30.0, "left") == ([], [Dropped("left", 0, 25, "untracked")])

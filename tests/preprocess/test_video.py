@@ -6,8 +6,9 @@ import pytest
 
 from preprocess import video
 from preprocess.records import Clip, VideoInfo
+from tests.preprocess import vitra_example
 
-VITRA = "03cc49c3-a7d1-445b-9a2a-545c4fae6843.mp4"
+VITRA = vitra_example.VIDEO
 HAWOR = "hawor_video_0.mp4"
 
 
@@ -28,12 +29,8 @@ def test_read_frames_rgb_seek_and_downscale(videos):
     path = videos / VITRA
     frames = video.read_frames(path, 0, 25)
     assert frames.shape == (25, 368, 480, 3) and frames.dtype == np.uint8
-    # Independent decode with OpenCV's own sequential reader: BGR order reversed to RGB.
-    cap = cv2.VideoCapture(str(path))
-    ref = []
-    while (r := cap.read())[0]:
-        ref.append(r[1][..., ::-1])
-    np.testing.assert_array_equal(frames, np.stack(ref))
+    # Independent decode with OpenCV's own sequential reader, BGR converted to RGB.
+    np.testing.assert_array_equal(frames, vitra_example.decode_rgb(path))
     np.testing.assert_array_equal(video.read_frames(path, 10, 20), frames[10:20])  # seeking is frame-exact
     small = video.read_frames(path, 3, 5, max_width=240)
     assert small.shape == (2, 184, 240, 3)

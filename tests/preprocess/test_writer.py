@@ -7,18 +7,15 @@ import numpy as np
 import pytest
 
 from preprocess import records, writer
+from tests.preprocess import vitra_example
 from tfds_builders.hand_vla import examples, sources
 from vitra_jax.handspace import episode as E
 from vitra_jax.handspace.trajectory import HandTrack
 
-CLIP = "videos/03cc49c3-a7d1-445b-9a2a-545c4fae6843.mp4"
-NPZ = "videos/Ego4D_03cc49c3-a7d1-445b-9a2a-545c4fae6843_ep_example.npz"
-
 
 @pytest.fixture(scope="module")
 def official(fixtures_dir):
-    with np.load(fixtures_dir / NPZ) as z:
-        return {k: z[k] for k in z.files}
+    return vitra_example.arrays(fixtures_dir)
 
 
 def _tracks(d):
@@ -29,7 +26,7 @@ def _tracks(d):
 
 def _episode(fixtures_dir, d, width=240):
     segment = records.Segment("right", 5, 20)
-    info = records.VideoInfo(path=str(fixtures_dir / CLIP), video_id="03cc49c3", fps=30.0, width=480,
+    info = records.VideoInfo(path=str(vitra_example.video_path(fixtures_dir)), video_id="03cc49c3", fps=30.0, width=480,
                              height=368, num_frames=25)
     # The fixture's K for the 480x368 video (README: fx=218.3, fy=223.2, cx=240, cy=184), seen at `width`.
     s = width / 480
@@ -66,7 +63,7 @@ def test_episode_fields_are_the_segment_slice(fixtures_dir, official, tmp_path):
                         "left": [("Hold the table.", (0, 3)), ("Wave.", (13, 15))]}
     assert got.camera_motion == "moving" and got.source == "Ego4D" and got.fps == 30.0
     assert got.labeler_versions == {"hands": "precomputed@1", "caption": "gpt-4.1@v1"}
-    assert got.video == str(fixtures_dir / CLIP)
+    assert got.video == str(vitra_example.video_path(fixtures_dir))
     assert writer.exists(stem)
     assert sorted(p.name for p in stem.parent.iterdir()) == ["03cc49c3_right_000005.json", "03cc49c3_right_000005.npz"]
 
@@ -79,11 +76,8 @@ def test_builder_reads_the_written_episode(fixtures_dir, official, tmp_path):
     assert frames.shape == (15, 184, 240, 3)
     import cv2
 
-    cap = cv2.VideoCapture(str(fixtures_dir / CLIP))
-    raw = [cap.read()[1] for _ in range(20)][5:]
-    cap.release()
-    ref = np.stack([cv2.cvtColor(cv2.resize(f, (240, 184), interpolation=cv2.INTER_AREA), cv2.COLOR_BGR2RGB)
-                    for f in raw])
+    raw = vitra_example.decode_rgb(vitra_example.video_path(fixtures_dir))[5:20]
+    ref = np.stack([cv2.resize(f, (240, 184), interpolation=cv2.INTER_AREA) for f in raw])
     assert np.abs(frames.astype(int) - ref).mean() < 2.0  # the builder's frames are video frames 5..19
     ex = examples.episode_example(ep, frames, str(stem), 0)
     assert ex["steps"][0]["language_instruction"] == "Left hand: Hold the table. Right hand: Pick up the spray bottle."
