@@ -17,7 +17,6 @@ import numpy as np
 
 from vitra_jax.data import observation
 from vitra_jax.handspace import layout
-from vitra_jax.handspace.trajectory import integrate_actions
 from vitra_jax.models.policy import PolicyConfig, VitraPolicy
 
 
@@ -66,7 +65,4 @@ def predict_action(policy: VitraPolicy, params: dict, image: np.ndarray, instruc
     out = denoise(params, z, b["state"], b["state_mask"], b["action_mask"], rng,
                   noise=None if noise is None else jnp.asarray(noise, jnp.float32), num_samples=num_samples,
                   cfg_scale=float(cfg_scale), num_ddim_steps=num_ddim_steps, use_ddim=use_ddim)
-    normalized = np.asarray(out[0], np.float64)
-    actions = normalizer.unnormalize_action(normalized[..., :layout.ACTION_DIM]) * action_mask
-    traj = np.stack([integrate_actions(np.asarray(state, np.float64), act) for act in actions])
-    return {"normalized": normalized, "actions": actions, "trajectory": traj}
+    return observation.action_outputs(normalizer, np.asarray(out[0], np.float64), action_mask, state)

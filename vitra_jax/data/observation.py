@@ -3,7 +3,8 @@
 One implementation of the two steps both paths must do identically: the image squashed (no aspect
 preservation) to the VLM's square size with bicubic resampling and scaled to [-1, 1], as the PaliGemma
 processor does; states and actions normalized (VITRA §2.7: `(x - mean) / (std + 1e-7)`), then multiplied by
-their masks so masked entries are exactly 0 in normalized space. Numpy and Pillow only.
+their masks so masked entries are exactly 0 in normalized space. The way back, shared by the JAX and the torch
+inference, is `action_outputs`. Numpy, Pillow and `vitra_jax.handspace` only.
 """
 
 from __future__ import annotations
@@ -12,6 +13,9 @@ from typing import Any
 
 import numpy as np
 from PIL import Image
+
+from vitra_jax.handspace import layout
+from vitra_jax.handspace.trajectory import integrate_actions
 
 
 def model_image(image: np.ndarray, size: int) -> np.ndarray:
@@ -34,3 +38,14 @@ def normalized_actions(normalizer: Any, actions: np.ndarray, action_mask: np.nda
     """(N, 102) actions normalized, then masked: float32."""
     mask = np.asarray(action_mask, np.float32)
     return (np.asarray(normalizer.normalize_action(actions), np.float32) * mask).astype(np.float32)
+
+
+def action_outputs(normalizer: Any, normalized: np.ndarray, action_mask: np.ndarray,
+                   state: np.ndarray) -> dict[str, np.ndarray]:
+    """Sampled normalized action chunks (S, N, A) float64 -> {"normalized", "actions": (S, N, 102) unnormalized
+    and masked, "trajectory": (S, N+1, 102) integrated per sample from the raw `state`}, float64."""
+    actions = (normalizer.unnormalize_action(normalized[..., :layout.ACTION_DIM])
+               * np.asarray(action_mask, np.float64))
+    state = np.asarray(state, np.float64)
+    traj = np.stack([integrate_actions(state, a) for a in actions])
+    return {"normalized": normalized, "actions": actions, "trajectory": traj}

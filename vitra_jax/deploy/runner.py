@@ -3,7 +3,7 @@
 One call prepares the inputs as training did (image by the config's preprocess mode, prompt tokens, state
 normalized then masked), runs the VLM prefix once for the whole batch and the denoising loop once per group
 of observations sharing sampling options, then unnormalizes the actions and integrates the trajectories
-(`vitra_jax.handspace.trajectory.integrate_actions`). Results mean what `vitra_jax.inference.predict_action`
+(`vitra_jax.data.observation.action_outputs`). Results mean what `vitra_jax.inference.predict_action`
 returns. Precision: 'float32', or 'bfloat16' for the VLM with the DiT, FoV encoder and cognition token in fp32
 (as the release runs them). `compile` runs the DiT through `torch.compile`; `cuda_graphs` replays the
 captured denoising loop (CUDA only).
@@ -16,11 +16,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from vitra_jax.data.observation import normalized_state
+from vitra_jax.data.observation import action_outputs, normalized_state
 from vitra_jax.deploy.bundle import SAMPLING_DEFAULTS
 from vitra_jax.deploy.policy import DeployConfig, TorchVitraPolicy
 from vitra_jax.deploy.preprocess import prepare_image
-from vitra_jax.handspace.trajectory import integrate_actions
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 _REQUIRED = ("image", "instruction", "state", "state_mask", "action_mask", "fov")
@@ -182,7 +181,8 @@ class DeployedPolicy:
             out = self._denoise(key, inputs, o)
             for j, i in enumerate(idx):
                 normalized[i] = out[j].double().cpu().numpy()
-        return [self._finish(o, n) for o, n in zip(observations, normalized, strict=True)]
+        return [action_outputs(self.normalizer, n, o["action_mask"], o["state"])
+                for o, n in zip(observations, normalized, strict=True)]
 
     def _denoise(self, key: tuple, inputs: dict[str, torch.Tensor], options: dict) -> torch.Tensor:
         if not self.cuda_graphs:
@@ -191,10 +191,3 @@ class DeployedPolicy:
         if key not in self._graphs:
             self._graphs[key] = _GraphedDenoise(self.model, inputs, options)
         return self._graphs[key](inputs)
-
-    def _finish(self, obs: dict, normalized: np.ndarray) -> dict[str, np.ndarray]:
-        mask = np.asarray(obs["action_mask"], np.float64)
-        actions = self.normalizer.unnormalize_action(normalized) * mask
-        state = np.asarray(obs["state"], np.float64)
-        traj = np.stack([integrate_actions(state, a) for a in actions])
-        return {"normalized": normalized, "actions": actions, "trajectory": traj}
