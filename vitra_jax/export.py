@@ -75,8 +75,10 @@ def write_bundle_files(run: RunCheckpoint, directory: pathlib.Path, preprocess: 
     shutil.copyfile(run.tokenizer, directory / "tokenizer.model")
 
 
-def write_manifest(directory: pathlib.Path, run: RunCheckpoint, parity: dict | None) -> dict:
-    manifest = {"format_version": FORMAT_VERSION, "files": file_hashes(directory),
+def write_manifest(directory: pathlib.Path, run: RunCheckpoint, parity: dict | None,
+                   files: dict[str, str] | None = None) -> dict:
+    """manifest.json of the bundle in `directory`; `files` are its `file_hashes` when already computed."""
+    manifest = {"format_version": FORMAT_VERSION, "files": file_hashes(directory) if files is None else files,
                 "source": {"workdir": str(run.workdir), "step": run.step, "weights": run.weights},
                 "qk_norm": run.cfg.dit.qk_norm, "parity": parity,
                 "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")}
@@ -161,9 +163,10 @@ def export(workdir: str | os.PathLike, out: str | os.PathLike, *, step: int | No
     tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
         write_bundle_files(run, tmp, preprocess)
-        write_manifest(tmp, run, parity=None)
+        files = file_hashes(tmp)
+        write_manifest(tmp, run, parity=None, files=files)
         parity = parity_gate(run, tmp, tolerance)
-        manifest = write_manifest(tmp, run, parity)
+        manifest = write_manifest(tmp, run, parity, files=files)
         _move_into_place(tmp, out, overwrite)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
