@@ -89,7 +89,7 @@ def load_model(path: str | os.PathLike, config: Any) -> Any:
     from safetensors.torch import load_file
     from transformers import PaliGemmaForConditionalGeneration
 
-    from vitra_jax.deploy.policy import TorchVitraPolicy
+    from vitra_jax.deploy.policy import TorchVitraPolicy, state_dict_problems
 
     path = pathlib.Path(path)
     # eager attention: Gemma-2 soft-caps its attention logits, which SDPA kernels do not
@@ -97,11 +97,7 @@ def load_model(path: str | os.PathLike, config: Any) -> Any:
         path / "paligemma", dtype=torch.float32, attn_implementation="eager").eval()
     model = TorchVitraPolicy(config, backbone=backbone)
     head = load_file(str(path / "action_head.safetensors"))
-    own = model.state_dict()
-    problems = [f"unexpected {k}" for k in head if k not in own or k.startswith("backbone.")]
-    problems += [f"missing {k}" for k in own if not k.startswith("backbone.") and k not in head]
-    problems += [f"{k} has shape {tuple(v.shape)}, expected {tuple(own[k].shape)}" for k, v in head.items()
-                 if k in own and v.shape != own[k].shape]
+    problems = state_dict_problems(model.state_dict(), head, skip_prefix="backbone.")
     if problems:
         raise BundleError(f"{path / 'action_head.safetensors'} does not fit config.json: " + "; ".join(problems))
     model.load_state_dict(head, strict=False)

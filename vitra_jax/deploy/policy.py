@@ -106,6 +106,20 @@ class ActionModel(nn.Module):
         self.net = net
 
 
+def state_dict_problems(own: Mapping[str, Any], given: Mapping[str, Any], *,
+                        skip_prefix: str | None = None) -> list[str]:
+    """'missing K', 'unexpected K' and 'K has shape …, expected …' of a state dict `given` for a model whose
+    own state dict is `own`; keys starting with `skip_prefix` are not expected in `given` (unexpected there)."""
+    def skipped(k: str) -> bool:
+        return skip_prefix is not None and k.startswith(skip_prefix)
+
+    problems = [f"missing {k}" for k in own if not skipped(k) and k not in given]
+    problems += [f"unexpected {k}" for k in given if k not in own or skipped(k)]
+    problems += [f"{k} has shape {tuple(v.shape)}, expected {tuple(own[k].shape)}" for k, v in given.items()
+                 if k in own and v.shape != own[k].shape]
+    return problems
+
+
 def build_backbone(config: DeployConfig) -> nn.Module:
     """A randomly initialised HF PaliGemma of `config.vlm` (eager attention: Gemma-2 soft-caps its logits)."""
     from transformers import PaliGemmaConfig, PaliGemmaForConditionalGeneration
@@ -153,10 +167,7 @@ class TorchVitraPolicy(nn.Module):
         own = self.state_dict()
         if _HEAD in own and _HEAD not in renamed and _EMBED in renamed:
             renamed[_HEAD] = renamed[_EMBED]
-        problems = [f"missing {k}" for k in own if k not in renamed]
-        problems += [f"unexpected {k}" for k in renamed if k not in own]
-        problems += [f"{k} has shape {tuple(v.shape)}, expected {tuple(own[k].shape)}" for k, v in renamed.items()
-                     if k in own and v.shape != own[k].shape]
+        problems = state_dict_problems(own, renamed)
         if problems:
             raise ValueError("state dict does not match the deploy model:\n  " + "\n  ".join(problems))
         self.load_state_dict(renamed, strict=True)
