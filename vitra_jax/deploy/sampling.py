@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
-EpsFn = Callable[[torch.Tensor, int], torch.Tensor]  # (x_t, timestep) -> ε prediction
+if TYPE_CHECKING:  # the loops only do tensor arithmetic, so the server can use the schedule without torch
+    import torch
+
+EpsFn = Callable[["torch.Tensor", int], "torch.Tensor"]  # (x_t, timestep) -> ε prediction
 
 
 def cosine_betas(num_steps: int, max_beta: float = 0.999) -> np.ndarray:

@@ -40,6 +40,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from vitra_jax.deploy import wire
+from vitra_jax.deploy.sampling import ddim_timesteps
 
 log = logging.getLogger(__name__)
 
@@ -83,8 +84,11 @@ class RequestSpec:
 
     def ddim_steps_ok(self, n: int) -> bool:
         """Whether IDDPM's respacing of num_train_steps has a stride giving exactly n DDIM steps."""
-        t = self.num_train_steps
-        return any(-(-t // stride) == n for stride in range(1, t + 1))
+        try:
+            ddim_timesteps(self.num_train_steps, n)
+        except ValueError:
+            return False
+        return True
 
 
 def _array(msg: dict, key: str, shape: tuple[int, ...], kinds: str, kind_desc: str) -> np.ndarray:
