@@ -1,4 +1,4 @@
-"""Builders of tiny random models and inputs shared by the model, weights and parity tests."""
+"""Builders of tiny random models and inputs shared by the model, weights, parity and deploy tests."""
 
 from __future__ import annotations
 
@@ -60,3 +60,22 @@ def tiny_inputs(cfg: PaliGemmaConfig, batch: int = 2, length: int = 12, seed: in
     mask[1:, length - 3:] = False
     tokens[~mask] = 0
     return images, tokens, mask
+
+
+def random_policy_params(shapes, rng: np.random.Generator):
+    """Params of the policy param tree `shapes` (e.g. `jax.eval_shape` of `VitraPolicy.init`), every weight drawn
+    from `rng` (the zero-initialised AdaLN and output layers too): N(0, 0.2²) in the VLM, N(0, 0.05²) elsewhere."""
+    from vitra_jax.weights import names
+
+    return names.unflatten({k: (rng.normal(size=v.shape) * (0.2 if k.startswith("vlm/") else 0.05))
+                            .astype(np.float32) for k, v in names.flatten(shapes).items()})
+
+
+def random_statistics(rng: np.random.Generator, dim: int = 102):
+    """`DatasetStatistics` of `dim`-wide actions and states with means and stds drawn from `rng` (quantiles 0)."""
+    from vitra_jax.data.statistics import DatasetStatistics
+
+    return DatasetStatistics(action_mean=rng.normal(size=dim) * 0.1, action_std=rng.uniform(0.05, 1, dim),
+                             action_q01=np.zeros(dim), action_q99=np.zeros(dim),
+                             state_mean=rng.normal(size=dim) * 0.3, state_std=rng.uniform(0.05, 1, dim),
+                             state_q01=np.zeros(dim), state_q99=np.zeros(dim), num_frames=100, num_episodes=3)

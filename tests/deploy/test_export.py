@@ -11,6 +11,7 @@ import pytest
 
 from vitra_jax import export, runs
 from vitra_jax.deploy import bundle as bundle_lib
+from tests.factories import random_policy_params, random_statistics
 from vitra_jax.weights import names, official
 
 STEP = 7
@@ -25,7 +26,6 @@ def tiny_run(root: pathlib.Path, qk_norm: str = "timm_0_9_10", seed: int = 0) ->
     import jax
 
     from configs import debug
-    from vitra_jax.data.statistics import DatasetStatistics
     from vitra_jax.models import variants
     from vitra_jax.models.policy import VitraPolicy
     from vitra_jax.tokenizer import train_sentencepiece
@@ -40,13 +40,8 @@ def tiny_run(root: pathlib.Path, qk_norm: str = "timm_0_9_10", seed: int = 0) ->
         config.optim.ema_decay = 0.99
     shapes = jax.eval_shape(VitraPolicy(variants.from_config(config.model)).init, jax.random.key(0))
     rng = np.random.default_rng(seed)
-    params = names.unflatten({k: (rng.normal(size=v.shape) * (0.2 if k.startswith("vlm/") else 0.05))
-                              .astype(np.float32) for k, v in names.flatten(shapes).items()})
-    d = 102
-    stats = DatasetStatistics(action_mean=rng.normal(size=d) * 0.1, action_std=rng.uniform(0.05, 1, d),
-                              action_q01=np.zeros(d), action_q99=np.zeros(d), state_mean=rng.normal(size=d) * 0.3,
-                              state_std=rng.uniform(0.05, 1, d), state_q01=np.zeros(d), state_q99=np.zeros(d),
-                              num_frames=100, num_episodes=3)
+    params = random_policy_params(shapes, rng)
+    stats = random_statistics(rng)
     out = root / "run"
     ema = {k: v * np.float32(0.5) for k, v in names.flatten(params).items()}
     runs.write_run_folder(out, params, config=json.loads(config.to_json_best_effort()), statistics=stats,

@@ -398,21 +398,16 @@ def tiny_bundle(root: pathlib.Path) -> pathlib.Path:
     """A bundle of the tiny policy with random weights, written by the exporter's own file writers."""
     import jax
 
+    from tests.factories import random_policy_params, random_statistics
     from vitra_jax import export, runs
-    from vitra_jax.data.statistics import DatasetStatistics
     from vitra_jax.models.policy import VitraPolicy, policy_config
     from vitra_jax.tokenizer import train_sentencepiece
-    from vitra_jax.weights import names
 
     cfg = policy_config("tiny")
     shapes = jax.eval_shape(VitraPolicy(cfg).init, jax.random.key(0))
     rng = np.random.default_rng(0)
-    params = names.unflatten({k: (rng.normal(size=v.shape) * (0.2 if k.startswith("vlm/") else 0.05))
-                              .astype(np.float32) for k, v in names.flatten(shapes).items()})
-    stats = DatasetStatistics(action_mean=rng.normal(size=A) * 0.1, action_std=rng.uniform(0.05, 1, A),
-                              action_q01=np.zeros(A), action_q99=np.zeros(A), state_mean=rng.normal(size=S) * 0.3,
-                              state_std=rng.uniform(0.05, 1, S), state_q01=np.zeros(S), state_q99=np.zeros(S),
-                              num_frames=100, num_episodes=3)
+    params = random_policy_params(shapes, rng)
+    stats = random_statistics(rng)
     tok = train_sentencepiece(["Left hand: None. Right hand: pick up the cup."] * 20, root / "tok", 300)
     run = runs.RunCheckpoint(root, 0, cfg, params, stats, tok)
     out = root / "bundle"

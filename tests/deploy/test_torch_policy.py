@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from vitra_jax import inference
+from vitra_jax import export, inference
 from vitra_jax.deploy.policy import DeployConfig, TorchVitraPolicy
 from vitra_jax.deploy.runner import DeployedPolicy
 from vitra_jax.handspace.normalize import GaussianNormalizer
@@ -17,14 +17,6 @@ from vitra_jax.tokenizer import Tokenizer, train_sentencepiece
 from vitra_jax.weights import hf, names, official
 
 QK_NORMS = ("timm_0_9_10", "rms")
-
-
-def deploy_config(cfg) -> DeployConfig:
-    d = cfg.dit
-    return DeployConfig(vlm=hf.hf_config_dict(cfg.vlm), qk_norm=d.qk_norm, max_text_len=cfg.max_text_len,
-                        image_size=cfg.vlm.image_size, dit_depth=d.depth, dit_width=d.width, dit_heads=d.num_heads,
-                        mlp_ratio=d.mlp_ratio, freq_dim=d.freq_dim, state_hidden=d.state_hidden,
-                        chunk_len=d.chunk_len, num_train_steps=cfg.num_train_steps)
 
 
 class Pair:
@@ -44,7 +36,7 @@ class Pair:
         flat["action_model/blocks/qkv/bias"][:, :2 * base.dit.width] += 0.5
         self.params = names.unflatten(flat)
         self.state_dict = official.params_to_official(self.params, self.cfg)
-        self.config = deploy_config(self.cfg)
+        self.config = export.deploy_config_from_policy_config(self.cfg, hf.hf_config_dict(self.cfg.vlm))
         self.torch = TorchVitraPolicy(self.config)
         self.torch.load_official_state_dict(self.state_dict)
 
