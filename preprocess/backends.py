@@ -6,8 +6,8 @@
 - hands: the MediaPipe CPU model, or per-video result files (VITRA release, stored CamHands, WiLoR, HaWoR)
   turned into hands once per video and process (a few videos kept) and sliced per clip;
 - captions: an OpenAI-compatible captioner or none.
-Errors of the hand backends are looked up only once their module is loaded, so processes that run no hand
-model never import torch.
+Hand backend modules are imported only where they run, so processes that run no hand model never import
+torch; their errors derive from `errors.StageError`, which the graph catches without them.
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ import dataclasses
 import functools
 import json
 import os
-import sys
 
 import ml_collections
 import numpy as np
@@ -103,7 +102,7 @@ def file_hands(cfg: ml_collections.ConfigDict, clip: Clip, info: VideoInfo, k: r
     key = (json.dumps(cfg.to_dict(), sort_keys=True), clip.video_id, info.width, info.height,
            np.asarray(k.k, np.float64).tobytes(), k.width, k.height, length)
     if key not in _VIDEO_HANDS:
-        cam = _video_file_hands(cfg, path, info, k, frames, length)
+        cam = _video_file_hands(cfg, path, info, k, length)
         if len(_VIDEO_HANDS) >= 4:
             _VIDEO_HANDS.pop(next(iter(_VIDEO_HANDS)))
         _VIDEO_HANDS[key] = cam
@@ -111,17 +110,15 @@ def file_hands(cfg: ml_collections.ConfigDict, clip: Clip, info: VideoInfo, k: r
 
 
 def _video_file_hands(cfg: ml_collections.ConfigDict, path: str, info: VideoInfo, k: records.Intrinsics,
-                      frames: np.ndarray, length: int | None) -> records.CamHands:
+                      length: int | None) -> records.CamHands:
     if cfg.backend == "precomputed":
         from preprocess.hands.precomputed import read_hands
         return read_hands(path)
     if cfg.backend == "wilor":
         from preprocess.hands.wilor import WilorBackend
         return WilorBackend(path, cfg.mano_dir).video_hands(k)
-    # HaWoR ran on the video at its own size; its backend looks only at the number of frames it is given.
-    from preprocess.hands.hawor import HaworBackend
-    every_frame = np.broadcast_to(frames[:1], (length, *frames.shape[1:]))
-    return HaworBackend(path, cfg.mano_dir, video_size=(info.width, info.height)).estimate(every_frame, k)
+    from preprocess.hands.hawor import HaworBackend  # HaWoR ran on the video at its own size
+    return HaworBackend(path, cfg.mano_dir, video_size=(info.width, info.height)).video_hands(k, length)
 
 
 def clip_hands(cfg: ml_collections.ConfigDict, clip: Clip, info: VideoInfo, intr: records.Intrinsics,
@@ -191,20 +188,3 @@ def frame_intrinsics(intr: records.Intrinsics, frames: np.ndarray) -> records.In
     k = np.asarray(intr.k, np.float64) * np.array([[width / intr.width], [height / intr.height], [1.0]])
     return records.Intrinsics(k=k, width=width, height=height, source=intr.source)
 
-
-# Errors of the hand backends: (module, error class, reason for failure counts).
-HAND_ERRORS = (("preprocess.hands.mediapipe_backend", "MediaPipeWorkerError", "backend_crash"),
-               ("preprocess.hands.precomputed", "PrecomputedError", "bad_hands_file"),
-               ("preprocess.hands.wilor", "WilorError", "bad_hands_file"),
-               ("preprocess.hands.hawor", "HaworError", "bad_hands_file"))
-
-
-def hand_errors() -> dict[type[Exception], str]:
-    return {getattr(sys.modules[m], name): reason for m, name, reason in HAND_ERRORS if m in sys.modules}
-
-
-def reason_of(error: Exception) -> str:
-    for cls, reason in hand_errors().items():
-        if isinstance(error, cls):
-            return reason
-    return getattr(error, "reason", None) or type(error).__name__

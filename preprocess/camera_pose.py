@@ -25,17 +25,14 @@ import numpy as np
 from scipy.spatial.transform import Rotation
 
 from preprocess import video
+from preprocess.errors import StageError
 from preprocess.records import CameraPoses, CamHands, Clip, Intrinsics
 from vitra_jax.handspace.geometry import invert_extrinsics
 from vitra_jax.handspace.trajectory import HandTrack
 
 
-class PoseError(ValueError):
-    """Camera poses that cannot be used; `reason` is a short code for failure counts."""
-
-    def __init__(self, reason: str, detail: str):
-        super().__init__(f"{reason}: {detail}")
-        self.reason = reason
+class PoseError(StageError):
+    """Camera poses that cannot be used."""
 
 
 class StaticPose:

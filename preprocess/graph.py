@@ -26,9 +26,10 @@ import ml_collections
 import numpy as np
 
 import vitra_jax
-from preprocess import backends, camera_motion, camera_pose, intrinsics, records, store, video, writer
+from preprocess import backends, camera_motion, camera_pose, records, store, video, writer
 from preprocess.caption import captioner as captioner_lib
 from preprocess.caption import overlay
+from preprocess.errors import StageError
 from preprocess.records import HANDS, Clip, VideoInfo
 from vitra_jax.handspace import episode as episode_lib
 from vitra_jax.handspace import geometry
@@ -36,14 +37,16 @@ from vitra_jax.handspace import geometry
 CLIP_STAGES = ("intrinsics", "hands", "camera_motion", "camera_poses")
 
 
-class NoHandsError(ValueError):
-    reason = "no_hands"
+class NoHandsError(StageError):
+    """A video in which no clip tracked a hand."""
+
+    def __init__(self, detail: str):
+        super().__init__("no_hands", detail)
 
 
-# Errors of bad input or of a backend/API that fail one unit of work (counted by reason); anything else
-# is a bug and stops the run.
-STAGE_ERRORS: tuple[type[Exception], ...] = (video.VideoError, intrinsics.IntrinsicsError, camera_pose.PoseError,
-                                             captioner_lib.CaptionError, NoHandsError, episode_lib.EpisodeError)
+# Errors of bad input or of a backend/API that fail one unit of work (counted by their `reason`); anything
+# else is a bug and stops the run. Caption and episode errors (caption/, vitra_jax) carry a `reason` too.
+STAGE_ERRORS: tuple[type[Exception], ...] = (StageError, captioner_lib.CaptionError, episode_lib.EpisodeError)
 
 
 @dataclasses.dataclass
@@ -92,8 +95,8 @@ def _guarded(run: Run, key: str, fn) -> bool:
         return True
     try:
         fn()
-    except STAGE_ERRORS + tuple(backends.hand_errors()) as e:
-        run.store.fail(key, backends.reason_of(e), str(e))
+    except STAGE_ERRORS as e:
+        run.store.fail(key, e.reason, str(e))
         return False
     return True
 

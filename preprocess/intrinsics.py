@@ -35,17 +35,14 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from preprocess.errors import StageError
 from preprocess.records import Intrinsics, VideoInfo
 from vitra_jax.handspace import omnidir
 from vitra_jax.handspace.episode import EpisodeError
 
 
-class IntrinsicsError(ValueError):
-    """An intrinsics file that cannot be used; `reason` is a short code for failure counts."""
-
-    def __init__(self, reason: str, detail: str):
-        super().__init__(f"{reason}: {detail}")
-        self.reason = reason
+class IntrinsicsError(StageError):
+    """An intrinsics file that cannot be used."""
 
 
 def pinhole_k(fx: float, fy: float, cx: float, cy: float) -> np.ndarray:

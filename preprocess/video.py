@@ -16,15 +16,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from preprocess.errors import StageError
 from preprocess.records import Clip, VideoInfo
 
 
-class VideoError(ValueError):
-    """A video that cannot be used; `reason` is a short code for failure counts."""
-
-    def __init__(self, reason: str, detail: str):
-        super().__init__(f"{reason}: {detail}")
-        self.reason = reason
+class VideoError(StageError):
+    """A video that cannot be used."""
 
 
 def _open(path: str | Path) -> cv2.VideoCapture:

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from preprocess.errors import HandsFileError
 from preprocess.hands import joblib_tensors
 from preprocess.hands.mano_model import ManoRight, wrist_rest
 from preprocess.hands.mano_params import MIRROR, camhand_from_params, refocus
@@ -39,7 +40,7 @@ CHUNK = re.compile(r"^(\d+)_(\d+)\.json$")
 DEFAULT_FOCAL = 600.0
 
 
-class HaworError(ValueError):
+class HaworError(HandsFileError):
     """A HaWoR output that is missing or malformed."""
 
 
@@ -165,7 +166,8 @@ class HaworBackend:
     """`HandBackend` over HaWoR's `cam_space` folder of one video: frames [start, start + len(frames)).
 
     `video_size` is the (W, H) HaWoR ran at (the video's own size; default: the frames' size) and `focal` its
-    `img_focal` in those pixels; hands are moved into the camera of the intrinsics passed to `estimate`.
+    `img_focal` in those pixels; hands are moved into the camera of the intrinsics passed to `estimate` or
+    `video_hands`.
     """
 
     name = "hawor"
@@ -180,13 +182,17 @@ class HaworBackend:
         if not self.path.is_dir():
             raise HaworError(f"HaWoR camera-space folder not found: {self.path}")
 
+    def video_hands(self, intrinsics, length: int) -> CamHands:
+        """Video frames [0, length), `length` >= `cam_space_length(path)` (no frames needed), in the camera of
+        `intrinsics` (at the size of the frames)."""
+        width, height = intrinsics.width, intrinsics.height
+        scale = 1.0 if self.video_size is None else width / self.video_size[0]
+        k_ours_in_hawor_pixels = np.asarray(intrinsics.k, np.float64) * [[1 / scale], [1 / scale], [1.0]]
+        return read_cam_space(self.path, length, self.model, k=k_ours_in_hawor_pixels,
+                              image_size=(round(width / scale), round(height / scale)), focal=self.focal)
+
     def estimate(self, frames: np.ndarray, intrinsics) -> CamHands:
         from preprocess.hands.precomputed import slice_frames
 
         stop = self.start + len(frames)
-        width, height = intrinsics.width, intrinsics.height
-        scale = 1.0 if self.video_size is None else width / self.video_size[0]
-        k_ours_in_hawor_pixels = np.asarray(intrinsics.k, np.float64) * [[1 / scale], [1 / scale], [1.0]]
-        cam = read_cam_space(self.path, max(stop, cam_space_length(self.path)), self.model, k=k_ours_in_hawor_pixels,
-                             image_size=(round(width / scale), round(height / scale)), focal=self.focal)
-        return slice_frames(cam, self.start, stop)
+        return slice_frames(self.video_hands(intrinsics, max(stop, cam_space_length(self.path))), self.start, stop)

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from preprocess.errors import StageError
 from preprocess.hands import mediapipe_env, wire
 from preprocess.hands.fit import FitConfig, fit_hand
 from preprocess.hands.lift import pnp_lift
@@ -32,8 +33,11 @@ MEDIAPIPE_FIT = FitConfig(joint_weights=(0.0,) + (1.0,) * 20, smooth_prior=0.3)
 MEDIAPIPE_OUTLIERS = OutlierConfig()
 
 
-class MediaPipeWorkerError(RuntimeError):
+class MediaPipeWorkerError(StageError):
     """The MediaPipe worker process failed or answered an error."""
+
+    def __init__(self, detail: str):
+        super().__init__("backend_crash", detail)
 
 
 @dataclasses.dataclass

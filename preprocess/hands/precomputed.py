@@ -13,13 +13,14 @@ from pathlib import Path
 import numpy as np
 
 from preprocess import store
+from preprocess.errors import HandsFileError
 from preprocess.records import HANDS, CamHand, CamHands, Intrinsics
 from vitra_jax.handspace.episode import load_vitra_npy
 
 RELEASE = "vitra_release"
 
 
-class PrecomputedError(ValueError):
+class PrecomputedError(HandsFileError):
     """A precomputed hands file that is missing, of an unknown kind, or does not cover the clip."""
 
 

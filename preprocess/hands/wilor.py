@@ -21,12 +21,13 @@ from pathlib import Path
 
 import numpy as np
 
+from preprocess.errors import HandsFileError
 from preprocess.hands.mano_model import ManoRight
 from preprocess.hands.mano_params import MIRROR, camhand_from_params, refocus
 from preprocess.records import HANDS, CamHands
 
 
-class WilorError(ValueError):
+class WilorError(HandsFileError):
     """WiLoR detections that are missing or malformed."""
 
 
