@@ -3,6 +3,7 @@
     python -m vitra_jax.benchmarks.deploy [--repeats=20] [--warmup=2] [--steps=10] [--cfg_scale=5.0]
         [--torch_threads=1]
     python -m vitra_jax.benchmarks.deploy --full [--repeats=20]      # needs a CUDA GPU
+    python -m vitra_jax.benchmarks.deploy --count_ops [--variant=3b]  # no GPU needed
 
 Default (CPU, fp32): the `tiny` policy with random weights shared by the JAX policy and `TorchVitraPolicy`
 (through the official state-dict layout) wrapped in `DeployedPolicy`; one observation (224 x 298 image,
@@ -10,7 +11,10 @@ both hands); the same initial noise on both sides (the max |diff| of the normali
 check); and the torch policy once more behind the websocket server (`vitra_jax.deploy.serve`, one client).
 `--full`: the 3B policy (PaliGemma-2 3B-224 + DiT-B, the release's q/k norm) with random weights in bf16,
 nothing downloaded, 10 DDIM steps and CFG 5 by default, eager, CUDA graphs, torch.compile and both; prints
-median / p95 latency and peak GPU memory (`torch.cuda.max_memory_allocated`). Prints one table.
+median / p95 latency and peak GPU memory (`torch.cuda.max_memory_allocated`). `--count_ops`: the torch ops one
+`predict_action` dispatches (VLM prefix, denoising loop), counted with the model on the meta device (no
+memory, no GPU); eager GPU inference launches each non-view op from Python, which is what CUDA graphs remove.
+Prints one table.
 """
 
 from __future__ import annotations
@@ -30,6 +34,8 @@ _WARMUP = flags.DEFINE_integer("warmup", 2, "Untimed calls first (compilation, c
 _STEPS = flags.DEFINE_integer("steps", 10, "DDIM steps.")
 _CFG = flags.DEFINE_float("cfg_scale", 5.0, "Classifier-free guidance scale.")
 _FULL = flags.DEFINE_bool("full", False, "Full-size 3B policy in bf16 on a CUDA GPU instead of the tiny one.")
+_COUNT = flags.DEFINE_bool("count_ops", False, "Count the ops of one predict_action on the meta device instead.")
+_VARIANT = flags.DEFINE_enum("variant", "3b", ["tiny", "3b"], "Policy size for --count_ops.")
 _THREADS = flags.DEFINE_integer("torch_threads", 1, "torch intra-op threads for the tiny CPU rows (0: torch's "
                                 "default). Ops this small gain nothing from threads, and OpenMP spin-waiting on "
                                 "a loaded machine can make them 50x slower.")
@@ -184,7 +190,59 @@ def full_rows(repeats: int, warmup: int, steps: int, cfg_scale: float) -> tuple[
     return rows, header
 
 
+def op_count_rows(variant: str, steps: int, cfg_scale: float) -> tuple[list[tuple], str]:
+    """Rows (stage, dispatched ops, non-view ops) of one observation through the `variant` policy, built and
+    run on the meta device: the release's q/k norm, `steps` DDIM steps at `cfg_scale`."""
+    os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    import collections
+
+    import torch
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from vitra_jax.deploy.policy import TorchVitraPolicy
+    from vitra_jax.export import deploy_config_from_policy_config
+    from vitra_jax.models.policy import policy_config
+    from vitra_jax.weights import hf
+
+    class Ops(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.count = collections.Counter()
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.count["view" if func.is_view else "other"] += 1
+            return func(*args, **(kwargs or {}))
+
+    cfg = policy_config(variant)
+    cfg = dataclasses.replace(cfg, dit=dataclasses.replace(cfg.dit, qk_norm="timm_0_9_10"))
+    config = deploy_config_from_policy_config(cfg, hf.hf_config_dict(cfg.vlm))
+    with torch.device("meta"):
+        model = TorchVitraPolicy(config)
+        n_params = sum(p.numel() for p in model.parameters())
+        size, text = config.image_size, config.max_text_len
+        rows = []
+        with Ops() as ops:
+            z = model.cognition(torch.zeros(1, size, size, 3), torch.zeros(1, text, dtype=torch.long),
+                                torch.ones(1, text, dtype=torch.bool), torch.zeros(1, 2))
+        rows.append(("VLM prefix", ops.count.total(), ops.count["other"]))
+        with Ops() as ops:
+            model.denoise(z, torch.zeros(1, 102), torch.ones(1, 102), torch.ones(1, config.chunk_len, 102),
+                          noise=torch.zeros(1, 1, config.chunk_len, 102), cfg_scale=cfg_scale, num_ddim_steps=steps)
+        rows.append((f"denoise ({steps} DDIM)", ops.count.total(), ops.count["other"]))
+    rows.append(("total", rows[0][1] + rows[1][1], rows[0][2] + rows[1][2]))
+    header = (f"ops of one predict_action on the meta device: variant={variant} params={n_params / 1e9:.2f}B "
+              f"ddim_steps={steps} cfg_scale={cfg_scale} text_len={text}")
+    return rows, header
+
+
 def main(_):
+    if _COUNT.value:
+        rows, header = op_count_rows(_VARIANT.value, _STEPS.value, _CFG.value)
+        print(header)
+        print(f"{'':<24}{'dispatched':>12}{'non-view':>12}")
+        for name, total, other in rows:
+            print(f"{name:<24}{total:>12}{other:>12}")
+        return
     if _FULL.value:
         import torch
 

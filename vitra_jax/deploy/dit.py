@@ -5,6 +5,12 @@ state dict under `act_model.net.` is the official one. Inputs and outputs are th
 actions and masks (B, N, action_pad), state and mask (B, state_pad); only the first 102 dims are real and
 the rest are zero in value and mask. Numerics follow `vitra_jax.models.dit` (AdaLN-Zero, causal attention
 over `[z, s, a_1 … a_N]`, tanh-GELU MLP, q/k norm 'rms' or 'timm_0_9_10').
+
+A denoising loop calls the net many times with the same cognition feature and state, so the forward is split
+in two: `condition` (the z and state tokens, once per loop) and `step` (one ε prediction from the conditioning
+vector c = z_emb + t_emb); `forward` is the two in a row. Eager GPU inference pays per launched op, so the
+step fuses what it can: all AdaLN rows from one SiLU of c, `addcmul` for modulation and gated residuals, q
+and k normalized together.
 """
 
 from __future__ import annotations
@@ -29,13 +35,17 @@ class QKNorm(nn.Module):
         self.kind, self.eps = kind, eps
         self.weight = nn.Parameter(torch.ones(dim))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        """The norm without the gain, in fp32."""
         xf = x.float()
         if self.kind == "rms":
             ms = xf.pow(2).mean(-1, keepdim=True)
         else:
             ms = xf.var(-1, keepdim=True, unbiased=True)
-        return (xf * torch.rsqrt(ms + self.eps) * self.weight).to(x.dtype)
+        return xf * torch.rsqrt(ms + self.eps)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (self.normalize(x) * self.weight).to(x.dtype)
 
 
 class Attention(nn.Module):
@@ -50,7 +60,8 @@ class Attention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, n, d = x.shape
         qkv = self.qkv(x).reshape(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
-        q, k = self.q_norm(qkv[0]), self.k_norm(qkv[1])
+        qk = self.q_norm.normalize(qkv[:2])  # q and k normalized together (same kind and eps), then their gains
+        q, k = (qk[0] * self.q_norm.weight).to(x.dtype), (qk[1] * self.k_norm.weight).to(x.dtype)
         out = F.scaled_dot_product_attention(q, k, qkv[2], is_causal=True)
         return self.proj(out.transpose(1, 2).reshape(b, n, d))
 
@@ -69,8 +80,9 @@ def _norm(x: torch.Tensor) -> torch.Tensor:
     return F.layer_norm(x, x.shape[-1:], eps=1e-6)
 
 
-def _modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    return x * (1 + scale[:, None]) + shift[:, None]
+def _modulate(x: torch.Tensor, shift: torch.Tensor, scale1: torch.Tensor) -> torch.Tensor:
+    """x·scale1 + shift with scale1 = 1 + scale (`DiT.modulations` adds the 1); shift and scale1 (B, 1, W)."""
+    return torch.addcmul(shift, x, scale1)
 
 
 class DiTBlock(nn.Module):
@@ -80,10 +92,11 @@ class DiTBlock(nn.Module):
         self.mlp = Mlp(width, mlp_ratio * width)
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(width, 6 * width))
 
-    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        sa, ca, ga, sm, cm, gm = self.adaLN_modulation(c).chunk(6, dim=-1)
-        x = x + ga[:, None] * self.attn(_modulate(_norm(x), sa, ca))
-        return x + gm[:, None] * self.mlp(_modulate(_norm(x), sm, cm))
+    def forward(self, x: torch.Tensor, mod: torch.Tensor) -> torch.Tensor:
+        """x (B, T, W); mod (B, 6, W): this block's rows of `DiT.modulations`."""
+        sa, ca, ga, sm, cm, gm = mod[:, None].unbind(2)
+        x = torch.addcmul(x, ga, self.attn(_modulate(_norm(x), sa, ca)))
+        return torch.addcmul(x, gm, self.mlp(_modulate(_norm(x), sm, cm)))
 
 
 class FinalLayer(nn.Module):
@@ -92,9 +105,10 @@ class FinalLayer(nn.Module):
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(width, 2 * width))
         self.linear = nn.Linear(width, out)
 
-    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        shift, scale = self.adaLN_modulation(c).chunk(2, dim=-1)
-        return self.linear(_modulate(_norm(x), shift, scale))
+    def forward(self, x: torch.Tensor, mod: torch.Tensor) -> torch.Tensor:
+        """mod (B, 2, W): shift and 1 + scale, the last rows of `DiT.modulations`."""
+        shift, scale1 = mod[:, None].unbind(2)
+        return self.linear(_modulate(_norm(x), shift, scale1))
 
 
 class TimestepEmbedder(nn.Module):
@@ -154,14 +168,36 @@ class DiT(nn.Module):
         self.positional_embedding = nn.Parameter(torch.zeros(chunk_len + 2, width))
         self.blocks = nn.ModuleList([DiTBlock(width, heads, mlp_ratio, qk_norm) for _ in range(depth)])
         self.final_layer = FinalLayer(width, action_pad)
+        unit = torch.zeros(6 * depth + 2, 1)  # 1 at the scale rows (shift, scale, gate, shift, scale, gate per block)
+        unit[[*range(1, 6 * depth, 3), 6 * depth + 1]] = 1.0
+        self.register_buffer("unit_scales", unit, persistent=False)
 
     def forward(self, z: torch.Tensor, t: torch.Tensor, x: torch.Tensor, mask: torch.Tensor, state: torch.Tensor,
                 state_mask: torch.Tensor, drop: torch.Tensor | None = None) -> torch.Tensor:
-        a = self.x_embedder(torch.cat([x * mask, mask], dim=-1))
+        """ε for noisy actions x (B, N, action_pad) at timesteps t (B,)."""
+        prefix, z_emb = self.condition(z, state, state_mask, drop)
+        return self.step(prefix, z_emb + self.t_embedder(t), x, mask)
+
+    def condition(self, z: torch.Tensor, state: torch.Tensor, state_mask: torch.Tensor,
+                  drop: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The timestep-free part: the [z, s] tokens with their positions (B, 2, W) and z_emb (B, W)."""
         s = self.state_embedder(torch.cat([state * state_mask, state_mask], dim=-1))
         z_emb = self.z_embedder(z, drop)
-        h = torch.cat([z_emb[:, None], s[:, None], a], dim=1) + self.positional_embedding
-        c = z_emb + self.t_embedder(t)
-        for block in self.blocks:
-            h = block(h, c)
-        return self.final_layer(h, c)[:, 2:]
+        return torch.stack([z_emb, s], dim=1) + self.positional_embedding[:2], z_emb
+
+    def modulations(self, c: torch.Tensor) -> torch.Tensor:
+        """AdaLN rows of every block, then the final layer's, for c (B, W): (B, 6·depth + 2, W), with the 1 of
+        x·(1 + scale) already added to the scale rows (one addition here instead of one per modulation)."""
+        silu_c = F.silu(c)
+        rows = [blk.adaLN_modulation[1](silu_c) for blk in self.blocks]
+        rows.append(self.final_layer.adaLN_modulation[1](silu_c))
+        return torch.cat(rows, dim=-1).unflatten(-1, (-1, c.shape[-1])) + self.unit_scales
+
+    def step(self, prefix: torch.Tensor, c: torch.Tensor, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """ε (B, N, action_pad) from `condition`'s prefix, c = z_emb + t_emb (B, W) and x, mask (B, N, pad)."""
+        a = self.x_embedder(torch.cat([x * mask, mask], dim=-1)) + self.positional_embedding[2:]
+        h = torch.cat([prefix, a], dim=1)
+        mods = self.modulations(c)
+        for i, block in enumerate(self.blocks):
+            h = block(h, mods[:, 6 * i:6 * i + 6])
+        return self.final_layer(h[:, 2:], mods[:, -2:])

@@ -208,15 +208,15 @@ class TorchVitraPolicy(nn.Module):
 
     # ----------------------------------------------------------------------------------------------- head
     def compile_dit(self, enable: bool = True, **kwargs: Any) -> None:
-        """Runs the DiT through `torch.compile(**kwargs)` in `denoise` (enable=False: eager again); parameters and
-        state dict unchanged."""
+        """Runs the DiT's denoising step (`DiT.step`) through `torch.compile(**kwargs)` in `denoise`
+        (enable=False: eager again); parameters and state dict unchanged."""
         if enable:
-            self.__dict__["_dit_call"] = torch.compile(self.act_model.net, **kwargs)
+            self.__dict__["_compiled_step"] = torch.compile(self.act_model.net.step, **kwargs)
         else:
-            self.__dict__.pop("_dit_call", None)
+            self.__dict__.pop("_compiled_step", None)
 
-    def _dit(self) -> Callable[..., torch.Tensor]:
-        return self.__dict__.get("_dit_call", self.act_model.net)
+    def _dit_step(self) -> Callable[..., torch.Tensor]:
+        return self.__dict__.get("_compiled_step", self.act_model.net.step)
 
     def _pad(self, a: torch.Tensor, width: int) -> torch.Tensor:
         return nn.functional.pad(a.float(), (0, width - a.shape[-1]))
@@ -254,29 +254,36 @@ class TorchVitraPolicy(nn.Module):
             x = noise.to(dev).float().reshape(b * s, n, a)
         x = self._pad(x, cfg.action_pad)
         guided = cfg_scale > 1.0
+        net = self.act_model.net
         if guided:
             drop = torch.cat([torch.zeros(b * s, dtype=torch.bool, device=dev),
                               torch.ones(b * s, dtype=torch.bool, device=dev)])
-            zz, mm, ss, sm = (torch.cat([v, v]) for v in (z, mask, state, state_mask))
+            prefix, z_emb = net.condition(torch.cat([z, z]), torch.cat([state, state]),
+                                          torch.cat([state_mask, state_mask]), drop)
+            mm = torch.cat([mask, mask])
         else:
-            drop, zz, mm, ss, sm = None, z, mask, state, state_mask
-        net = self._dit()
+            (prefix, z_emb), mm = net.condition(z, state, state_mask), mask
+        if use_ddim:
+            coeffs = sampling.ddim_coefficients(cfg.num_train_steps, num_ddim_steps)
+        else:
+            coeffs = sampling.ddpm_coefficients(cfg.num_train_steps)
+        # all training timesteps' embeddings at once (an arange on the device: no host copy, CUDA-graph safe)
+        t_emb = net.t_embedder(torch.arange(cfg.num_train_steps, dtype=torch.float32, device=dev))
+        step = self._dit_step()
 
         def eps_at(x: torch.Tensor, t: int) -> torch.Tensor:
-            xx = torch.cat([x, x]) if guided else x
-            tt = torch.full((xx.shape[0],), t, dtype=torch.float32, device=dev)
-            e = net(zz, tt, xx, mm, ss, sm, drop)
+            e = step(prefix, z_emb + t_emb[t], torch.cat([x, x]) if guided else x, mm)
             if guided:
                 e_c, e_u = e.chunk(2)
                 e = e_u + cfg_scale * (e_c - e_u)
             return e
 
         if use_ddim:
-            x = sampling.ddim_loop(eps_at, x, sampling.ddim_coefficients(cfg.num_train_steps, num_ddim_steps))
+            x = sampling.ddim_loop(eps_at, x, coeffs)
         else:
             def step_z(i: int) -> torch.Tensor:
                 if step_noise is not None:
                     return self._pad(step_noise[i].to(dev).reshape(b * s, n, a), cfg.action_pad)
                 return self._pad(torch.randn((b * s, n, a), generator=generator, device=dev), cfg.action_pad)
-            x = sampling.ddpm_loop(eps_at, x, sampling.ddpm_coefficients(cfg.num_train_steps), step_z)
+            x = sampling.ddpm_loop(eps_at, x, coeffs, step_z)
         return (x * mask)[..., :a].reshape(b, s, n, a)

@@ -380,7 +380,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     p.add_argument("--compile", action="store_true", help="torch.compile the DiT step")
-    p.add_argument("--cuda-graphs", action="store_true", help="replay the denoising loop as CUDA graphs (cuda only)")
+    p.add_argument("--cuda-graphs", action="store_true", help="replay the VLM prefix and the denoising loop as CUDA graphs (cuda only)")
     p.add_argument("--threads", type=int, default=0,
                    help="torch intra-op CPU threads (0: torch's default; 1 is often fastest for small models on a "
                         "busy CPU)")
