@@ -28,6 +28,20 @@ def test_package_root_is_light():
     assert out.stdout.strip() == "[]"
 
 
+def test_labeling_pipeline_loads_torch_only_for_a_hand_model():
+    """The stage graph, runners, store and writer run in processes that may never load a hand model (Ray
+    workers for the model-free stages): they must not pull torch, JAX or TensorFlow in."""
+    modules = ["preprocess.run", "preprocess.graph", "preprocess.backends", "preprocess.runners.local",
+               "preprocess.store", "preprocess.writer", "preprocess.errors", "preprocess.caption.captioner"]
+    code = (
+        "import importlib, sys\n"
+        f"for m in {modules!r}: importlib.import_module(m)\n"
+        f"print(sorted(h for h in {HEAVY!r} if h in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout
+
+
 def test_library_modules_import_together():
     """absl flags are global: a library module defining a flag another one defines breaks every process that
     imports both (e.g. a test session). Command-line flags belong under `if __name__ == "__main__"`."""
