@@ -1,12 +1,19 @@
 """Training figures: analytic FLOPs per example, MFU, step timing, and a TensorBoard + stdout writer.
 
-FLOPs are counted analytically because XLA's `cost_analysis()` counts a scanned layer stack once. Per example
-and training step, with P the parameters a token passes through and n the tokens it does so for:
-  trained module, forward + backward  6·P·n  (+2·P·n more where the forward is rematerialised)
+FLOPs are counted analytically because XLA's `cost_analysis()` counts a scanned layer stack once. Only matrix
+products count (2 FLOPs per multiply-add); per example and training step, with P the weights a row passes
+through and n the rows that do:
+  trained module, forward + backward  6·P·n
   frozen module (SigLIP), forward     2·P·n  (no gradient flows into the image encoder)
-plus attention score/value products (4·n²·H·Dh per layer forward; ×3 with backward). Tokens: SigLIP sees
-the patches, the projector the patches, Gemma-2 the prefix (patches + text + FoV + cognition), the DiT R noise
-draws of (chunk + 2) tokens. Embedding lookups cost nothing; the LM head is never computed in training.
+plus attention score/value products (4·n²·H·Dh per layer forward; ×3 with backward). Rows: SigLIP and the
+projector see the patches, Gemma-2 the prefix (patches + text + FoV + cognition); per DiT noise draw the blocks
+and output layer see the chunk + 2 tokens, the action embedder the chunk, and the conditioning layers (z, t
+and state embedders, every AdaLN) one row. A layer whose input needs no gradient (the projector under a frozen
+SigLIP, the patch embedding, the first layers of the FoV encoder and of the action, state and timestep
+embedders) costs 4·P·n. Embedding lookups cost
+nothing; the LM head is never computed in training. These are model FLOPs, the numerator of MFU; `recompute=True` adds the forward passes that
+rematerialisation repeats (2·P·n per remat'ed layer: hardware FLOPs, for HFU).
+tests/test_metrics.py checks the count against the matrix products in the train step's jaxpr.
 """
 
 from __future__ import annotations
@@ -36,26 +43,56 @@ def _size(tree: Any) -> int:
     return int(sum(np.prod(x.shape) for x in jax.tree.leaves(tree)))
 
 
-def flops_per_example(policy_cfg: Any, params: Any, text_len: int) -> float:
-    """Training FLOPs of one example (all R noise draws) for a `PolicyConfig` and its (abstract) params."""
-    vlm, llm, dit = policy_cfg.vlm, policy_cfg.vlm.llm, policy_cfg.dit
-    remat = vlm.remat_policy != "none"
+def _matmul_weights(tree: Any) -> int:
+    """Weights that enter matrix products (and the patch convolution): Dense `kernel`s, Gemma's einsum `w`s and
+    its MLP's `gating_einsum` / `linear`; biases, norm scales and positional embeddings multiply nothing."""
+    from flax import traverse_util
+
+    flat = traverse_util.flatten_dict(tree) if tree else {}
+    return int(sum(np.prod(v.shape) for k, v in flat.items() if k[-1] in ("kernel", "w", "gating_einsum", "linear")))
+
+
+def _dit_flops(dit_cfg: Any, dit_params: Any, recompute: bool) -> float:
+    """Training FLOPs of the DiT for one noise draw of one example."""
+    from flax import traverse_util
+
+    w = {"/".join(k[:-1]): int(np.prod(v.shape)) for k, v in traverse_util.flatten_dict(dit_params).items()
+         if k[-1] == "kernel"}
+    tokens, chunk = dit_cfg.num_tokens, dit_cfg.chunk_len
+    blocks = (sum(w[f"blocks/{n}"] for n in ("qkv", "proj", "mlp_fc1", "mlp_fc2")) * tokens + w["blocks/adaLN"]
+              + 2 * tokens**2 * dit_cfg.width * dit_cfg.depth)  # multiply-adds of one forward
+    # layers whose input carries no gradient (noisy actions, state, timestep features) skip the input
+    # gradient: forward + weight gradient only
+    first = w["x_embedder_fc1"] * chunk + w["state_embedder_fc1"] + w["t_embedder_fc1"]
+    rest = (w["x_embedder_fc2"] * chunk + w["state_embedder_fc2"] + w["state_embedder_fc3"] + w["t_embedder_fc2"]
+            + w["z_embedder"] + w["final_adaLN"] + w["final_linear"] * tokens)
+    return 2.0 * ((3 + (recompute and dit_cfg.remat)) * blocks + 2 * first + 3 * rest)
+
+
+def flops_per_example(policy_cfg: Any, params: Any, text_len: int, *, recompute: bool = False) -> float:
+    """Training FLOPs of one example (all R noise draws) for a `PolicyConfig` and its (abstract) params: model
+    FLOPs, or with `recompute` also the forward passes rematerialisation repeats."""
+    vlm, llm = policy_cfg.vlm, policy_cfg.vlm.llm
     img = params["vlm"]["img"]
     patches = vlm.num_image_tokens
-    siglip = _size({k: v for k, v in img.items() if k != "head"})
-    projector = _size(img.get("head", {}))
-    gemma = _size(params["vlm"]["llm"]) - _size(params["vlm"]["llm"]["embedder"])
+    siglip = _matmul_weights({k: v for k, v in img.items() if k != "head"})
+    projector = _matmul_weights(img.get("head", {}))
+    gemma = _matmul_weights({k: v for k, v in params["vlm"]["llm"].items() if k != "embedder"})
     seq = patches + text_len + 2
-    train_mult = 6 + (2 if remat else 0)
-    siglip_mult = 2 if policy_cfg.freeze_vision else train_mult
-    flops = siglip_mult * siglip * patches + 6 * projector * patches + train_mult * gemma * seq
+    vlm_mult = 6 + (2 if recompute and vlm.remat_policy != "none" else 0)
+    frozen = policy_cfg.freeze_vision
+    siglip_mult = 2 if frozen else vlm_mult
+    patch_embed = _matmul_weights(img["embedding"])
+    # no input gradient into the pixels, nor into a frozen SigLIP from the projector
+    flops = siglip_mult * (siglip - patch_embed) * patches + (2 if frozen else vlm_mult - 2) * patch_embed * patches
+    flops += (4 if frozen else 6) * projector * patches
+    flops += vlm_mult * gemma * seq
     vis_attn = 4 * patches**2 * vlm.vision.width * vlm.vision.depth
     llm_attn = 4 * seq**2 * llm.num_heads * llm.head_dim * llm.depth
-    flops += vis_attn * (siglip_mult // 2) + llm_attn * (train_mult // 2)
-    dit_tokens = dit.num_tokens * policy_cfg.repeats
-    dit_mult = 6 + (2 if dit.remat else 0)
-    flops += dit_mult * _size(params["action_model"]) * dit_tokens
-    flops += 4 * dit.num_tokens**2 * dit.width * dit.depth * policy_cfg.repeats * (dit_mult // 2)
+    flops += vis_attn * (siglip_mult // 2) + llm_attn * (vlm_mult // 2)
+    fov = params["fov_encoder"]
+    flops += 4 * _matmul_weights(fov["fc1"]) + 6 * _matmul_weights(fov["fc2"])  # one row: FoV (2,) -> token
+    flops += _dit_flops(policy_cfg.dit, params["action_model"], recompute) * policy_cfg.repeats
     return float(flops)
 
 

@@ -12,10 +12,11 @@ donated. On CPU, `--devices` fakes that many XLA devices. Prints one table:
 - the compiled memory analysis (arguments, outputs, temporaries) per device;
 - the collectives in the compiled HLO, by kind and by direction (forward / backward op names); a scan body
   appears once in the HLO however many layers it runs;
-- FLOPs per step from `metrics.flops_per_example` (6·P·n for trained matmuls, 2·P·n for the frozen SigLIP,
-  +2·P·n for rematerialised layers, plus attention products; formula in `vitra_jax/metrics.py`), next to
-  XLA's `cost_analysis()`, which counts each scan body once and so undercounts a scanned model;
-- lowering and compile time; on a GPU also step time, examples/s, TFLOP/s per device and MFU.
+- FLOPs per step from `metrics.flops_per_example`: model FLOPs (6·P·n for trained matmuls, 2·P·n for the frozen
+  SigLIP, plus attention products; formula in `vitra_jax/metrics.py`) and with the rematerialised forward
+  passes (hardware FLOPs), next to XLA's `cost_analysis()`, which counts each scan body once and so
+  undercounts a scanned model;
+- lowering and compile time; on a GPU also step time, examples/s, model TFLOP/s per device, MFU and HFU.
 Measured figures: docs/benchmarks.md, "3B train step on 8 fake CPU devices".
 """
 
@@ -124,6 +125,8 @@ def main(_):
     n_params = sum(x.size for x in jax.tree.leaves(run.abstract_state.params))
     mem = compiled.memory_analysis()
     flops = metrics.flops_per_example(pcfg, run.abstract_state.params, pcfg.max_text_len) * config.batch_size
+    hw_flops = metrics.flops_per_example(pcfg, run.abstract_state.params, pcfg.max_text_len,
+                                         recompute=True) * config.batch_size
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     seq = pcfg.vlm.num_image_tokens + pcfg.max_text_len + 2
@@ -152,13 +155,13 @@ def main(_):
     unexpected = sorted(k for k in found if k[0] not in ("all-gather", "all-reduce", "reduce-scatter"))
     rows += [
         ("collectives other than gathers / reductions", ", ".join(map(str, unexpected)) or "none"),
-        ("FLOPs per step, analytic", f"{flops:.3e}"),
+        ("FLOPs per step, analytic: model / with recompute", f"{flops:.3e} / {hw_flops:.3e}"),
         ("FLOPs per device, XLA cost_analysis (scan bodies once)", f"{float(cost.get('flops', 0.0)):.3e}"),
         ("lower / compile", f"{t1 - t0:.1f} s / {t2 - t1:.1f} s"),
     ]
 
     if jax.devices()[0].platform in ("gpu", "tpu"):
-        rows += _time_steps(run, config, shardings, step, mesh, flops)
+        rows += _time_steps(run, config, shardings, step, mesh, flops, hw_flops)
     width = max(len(r[0]) for r in rows)
     print(f"{'measure':<{width}} | value")
     print(f"{'-' * width}-|-{'-' * 40}")
@@ -166,7 +169,7 @@ def main(_):
         print(f"{name:<{width}} | {value}")
 
 
-def _time_steps(run, config, shardings, step, mesh, flops: float) -> list[tuple[str, str]]:
+def _time_steps(run, config, shardings, step, mesh, flops: float, hw_flops: float) -> list[tuple[str, str]]:
     """Real arrays: random init, fake batches; median step time over `--steps` after one warm-up."""
     from vitra_jax import metrics, sharding, train
     from vitra_jax.models.policy import fake_batch
@@ -189,7 +192,8 @@ def _time_steps(run, config, shardings, step, mesh, flops: float) -> list[tuple[
             ("TFLOP/s per device", f"{flops / dt / jax.device_count() / 1e12:.1f}"),
             ("loss after the timed steps", f"{float(jnp.asarray(out['loss'])):.4f}")]
     if peak:
-        rows.append(("MFU", f"{flops / dt / (jax.device_count() * peak):.1%}"))
+        rows.append(("MFU (model FLOPs) / HFU (with recompute)", f"{flops / dt / (jax.device_count() * peak):.1%} / "
+                                                            f"{hw_flops / dt / (jax.device_count() * peak):.1%}"))
     return rows
 
 
