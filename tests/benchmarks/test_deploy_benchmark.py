@@ -33,3 +33,22 @@ def test_full_benchmark_on_cpu_explains_it_needs_a_gpu():
     out = _run("--full")
     assert out.returncode != 0
     assert "--full needs a CUDA GPU" in out.stderr + out.stdout
+
+
+def _op_rows(steps: int) -> dict[str, tuple[int, int]]:
+    out = _run("--count_ops", "--variant=tiny", f"--steps={steps}")
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
+    return {name.strip(): (int(a), int(b)) for name, a, b in
+            re.findall(r"^(VLM prefix|denoise \(\d+ DDIM\)|total)\s+(\d+)\s+(\d+)$", out.stdout, re.M)}
+
+
+def test_op_count_adds_up_and_grows_by_the_same_ops_per_denoising_step():
+    rows = {steps: _op_rows(steps) for steps in (2, 4, 5)}
+    for steps, r in rows.items():
+        prefix, denoise, total = r["VLM prefix"], r[f"denoise ({steps} DDIM)"], r["total"]
+        assert total == (prefix[0] + denoise[0], prefix[1] + denoise[1])
+        assert 0 < prefix[1] < prefix[0] and 0 < denoise[1] < denoise[0]  # some ops are views, most not
+    assert rows[2]["VLM prefix"] == rows[5]["VLM prefix"]
+    per_step = [(rows[b][f"denoise ({b} DDIM)"][0] - rows[a][f"denoise ({a} DDIM)"][0]) / (b - a)
+                for a, b in ((2, 4), (4, 5))]
+    assert per_step[0] == per_step[1] > 0
