@@ -10,16 +10,20 @@ import vitra_jax.handspace
 HEAVY = ("jax", "tensorflow", "torch", "flax")
 
 
-def test_handspace_imports_no_heavy_framework():
-    modules = [m.name for m in pkgutil.walk_packages(vitra_jax.handspace.__path__, "vitra_jax.handspace.")]
-    assert "vitra_jax.handspace.layout" in modules
+def heavy_after_importing(modules: list[str]) -> str:
+    """The heavy frameworks a fresh interpreter has loaded after importing `modules`, as a printed list."""
     code = (
         "import importlib, sys\n"
         f"for m in {modules!r}: importlib.import_module(m)\n"
         f"print(sorted(h for h in {HEAVY!r} if h in sys.modules))\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "[]", out.stdout
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+
+
+def test_handspace_imports_no_heavy_framework():
+    modules = [m.name for m in pkgutil.walk_packages(vitra_jax.handspace.__path__, "vitra_jax.handspace.")]
+    assert "vitra_jax.handspace.layout" in modules
+    assert heavy_after_importing(modules) == "[]"
 
 
 def test_package_root_is_light():
@@ -33,13 +37,7 @@ def test_labeling_pipeline_loads_torch_only_for_a_hand_model():
     workers for the model-free stages): they must not pull torch, JAX or TensorFlow in."""
     modules = ["preprocess.run", "preprocess.graph", "preprocess.backends", "preprocess.runners.local",
                "preprocess.store", "preprocess.writer", "preprocess.errors", "preprocess.caption.captioner"]
-    code = (
-        "import importlib, sys\n"
-        f"for m in {modules!r}: importlib.import_module(m)\n"
-        f"print(sorted(h for h in {HEAVY!r} if h in sys.modules))\n"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "[]", out.stdout
+    assert heavy_after_importing(modules) == "[]"
 
 
 def test_library_modules_import_together():
