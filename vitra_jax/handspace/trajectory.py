@@ -164,9 +164,10 @@ def integrate_actions(state: np.ndarray, actions: np.ndarray) -> np.ndarray:
         tr, rot, fin = (layout.hand_part(h, p) for p in (layout.TRANS, layout.ROT, layout.FINGERS))
         out[1:, tr] = state[tr] + np.cumsum(actions[:, tr], axis=0)
         deltas = rotations.euler_to_matrix(actions[:, rot])
+        chain = np.empty_like(deltas)
         r = rotations.euler_to_matrix(state[rot])
         for k, d in enumerate(deltas):
-            r = d @ r
-            out[k + 1, rot] = rotations.matrix_to_euler(r)
+            r = chain[k] = d @ r
+        out[1:, rot] = rotations.matrix_to_euler(chain)  # one batched conversion: scipy's per call cost dominates
         out[1:, fin] = actions[:, fin]
     return out
