@@ -29,3 +29,13 @@ def test_data_benchmark_prints_its_table(tmp_path):
 def test_train_step_benchmark_compiles_the_trainers_step():
     out = _run("vitra_jax.benchmarks.train_step", "--variant=tiny", "--batch=16", "--mesh=2,4")
     assert "all-gather" in out and re.search(r"\d\.\d+e\+\d+", out), out
+
+
+def test_train_step_benchmark_times_real_steps_when_asked():
+    """The timing path a GPU takes by default, forced on CPU: real init, sharded batches, timed steps."""
+    out = _run("vitra_jax.benchmarks.train_step", "--variant=tiny", "--batch=16", "--mesh=2,4", "--steps=3",
+               "--time")
+    step_ms = float(re.search(r"step time \(median\)\s+\|\s+([\d.]+) ms", out).group(1))
+    examples = float(re.search(r"examples/s\s+\|\s+([\d.]+)", out).group(1))
+    assert step_ms > 0 and abs(examples - 16 / (step_ms / 1e3)) <= 0.01 * examples, out
+    assert re.search(r"loss after the timed steps\s+\|\s+\d+\.\d+", out), out

@@ -37,7 +37,8 @@ _BATCH = flags.DEFINE_integer("batch", 64, "Global batch size.")
 _REMAT = flags.DEFINE_string("remat", "nothing_saveable", "VLM layer remat: 'none' or a jax.checkpoint_policies name.")
 _SHARD_AXES = flags.DEFINE_string("shard_axes", "data,fsdp", "Mesh axes large params are sharded over.")
 _DEVICES = flags.DEFINE_integer("devices", 8, "Fake CPU device count (CPU only; 0 = the real devices).")
-_STEPS = flags.DEFINE_integer("steps", 10, "Timed steps with real arrays (GPU/TPU only).")
+_STEPS = flags.DEFINE_integer("steps", 10, "Timed steps with real arrays.")
+_TIME = flags.DEFINE_bool("time", None, "Time --steps steps with real arrays (default: on a GPU/TPU only).")
 _VARIANT = flags.DEFINE_enum("variant", "3b", ["tiny", "3b"], "Policy size.")
 _CONSTRAINTS = flags.DEFINE_bool("constraints", True, "Trace under jax.set_mesh so the models' weight and "
                                   "activation constraints apply; false shows what GSPMD does alone.")
@@ -160,7 +161,7 @@ def main(_):
         ("lower / compile", f"{t1 - t0:.1f} s / {t2 - t1:.1f} s"),
     ]
 
-    if jax.devices()[0].platform in ("gpu", "tpu"):
+    if _TIME.value or (_TIME.value is None and jax.devices()[0].platform in ("gpu", "tpu")):
         rows += _time_steps(run, config, shardings, step, mesh, flops, hw_flops)
     width = max(len(r[0]) for r in rows)
     print(f"{'measure':<{width}} | value")
