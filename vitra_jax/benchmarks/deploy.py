@@ -34,6 +34,8 @@ _WARMUP = flags.DEFINE_integer("warmup", 2, "Untimed calls first (compilation, c
 _STEPS = flags.DEFINE_integer("steps", 10, "DDIM steps.")
 _CFG = flags.DEFINE_float("cfg_scale", 5.0, "Classifier-free guidance scale.")
 _FULL = flags.DEFINE_bool("full", False, "Full-size 3B policy in bf16 on a CUDA GPU instead of the tiny one.")
+_FULL_DEVICE = flags.DEFINE_string("full_device", "cuda", "Device of --full; 'cpu' runs its eager row only (a "
+                                   "check that the 3B path works, slow: tens of seconds per call).")
 _COUNT = flags.DEFINE_bool("count_ops", False, "Count the ops of one predict_action on the meta device instead.")
 _VARIANT = flags.DEFINE_enum("variant", "3b", ["tiny", "3b"], "Policy size for --count_ops.")
 _THREADS = flags.DEFINE_integer("torch_threads", 1, "torch intra-op threads for the tiny CPU rows (0: torch's "
@@ -139,8 +141,10 @@ def tiny_rows(repeats: int, warmup: int, steps: int, cfg_scale: float, threads: 
     return rows, header
 
 
-def full_rows(repeats: int, warmup: int, steps: int, cfg_scale: float) -> tuple[list[tuple], str]:
-    """Rows (name, median ms, p95 ms, peak GiB) of the 3B torch policy in bf16 on the first CUDA device."""
+def full_rows(repeats: int, warmup: int, steps: int, cfg_scale: float,
+              device: str = "cuda") -> tuple[list[tuple], str]:
+    """Rows (name, median ms, p95 ms, peak GiB) of the 3B torch policy in bf16 on `device` (CUDA: eager, CUDA
+    graphs, compile, both; CPU: eager only, peak memory not measured)."""
     os.environ.setdefault("JAX_PLATFORMS", "cpu")  # only config dataclasses come from the JAX side
     import torch
 
@@ -158,11 +162,11 @@ def full_rows(repeats: int, warmup: int, steps: int, cfg_scale: float) -> tuple[
     default = torch.get_default_dtype()
     torch.set_default_dtype(torch.bfloat16)  # the VLM drawn straight in bf16 on the GPU: no 12 GB fp32 copy
     try:
-        with torch.device("cuda"):
+        with torch.device(device):
             backbone = build_backbone(config).to(torch.bfloat16)
     finally:
         torch.set_default_dtype(default)
-    with torch.device("cuda"):
+    with torch.device(device):
         model = TorchVitraPolicy(config, backbone=backbone)  # DiT, FoV encoder, cognition token in fp32
     with tempfile.TemporaryDirectory() as tmp:
         tok = _tokenizer(tmp)
@@ -171,21 +175,26 @@ def full_rows(repeats: int, warmup: int, steps: int, cfg_scale: float) -> tuple[
     args = (obs["image"], obs["instruction"], obs["state"], obs["state_mask"], obs["action_mask"], obs["fov"])
     kw = dict(num_samples=1, cfg_scale=cfg_scale, num_ddim_steps=steps, seed=0)
     rows = []
+    cuda = torch.device(device).type == "cuda"
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
     # compiling changes the model in place, so the compiled rows come last
-    for name, compile_, graphs in (("eager", False, False), ("cuda graphs", False, True),
-                                   ("torch.compile", True, False), ("compile + cuda graphs", True, True)):
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
+    modes = (("eager", False, False), ("cuda graphs", False, True), ("torch.compile", True, False),
+             ("compile + cuda graphs", True, True))
+    for name, compile_, graphs in modes if cuda else modes[:1]:
+        sync()
+        if cuda:
+            torch.cuda.reset_peak_memory_stats()
         try:
-            policy = DeployedPolicy(model, tok, norm, config, device="cuda", dtype="bfloat16", compile=compile_,
+            policy = DeployedPolicy(model, tok, norm, config, device=device, dtype="bfloat16", compile=compile_,
                                     cuda_graphs=graphs)
-            run = lambda p=policy: (p.predict_action(*args, **kw), torch.cuda.synchronize())
+            run = lambda p=policy: (p.predict_action(*args, **kw), sync())
             med, p95 = latency_ms(run, max(warmup, 3 if compile_ or graphs else 1), repeats)
-            rows.append((name, med, p95, torch.cuda.max_memory_allocated() / 2**30))
+            peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else float("nan")
+            rows.append((name, med, p95, peak))
         except Exception as e:  # one failing mode still leaves the others' figures
             rows.append((name, f"failed: {type(e).__name__}: {str(e).splitlines()[0][:80]}"))
     n_params = sum(p.numel() for p in model.parameters())
-    header = (f"device={torch.cuda.get_device_name()} variant=3b dtype=bfloat16 params={n_params / 1e9:.2f}B "
+    header = (f"device={torch.cuda.get_device_name() if cuda else device} variant=3b dtype=bfloat16 params={n_params / 1e9:.2f}B "
               f"ddim_steps={steps} cfg_scale={cfg_scale} random weights")
     return rows, header
 
@@ -246,10 +255,10 @@ def main(_):
     if _FULL.value:
         import torch
 
-        if not torch.cuda.is_available():
+        if _FULL_DEVICE.value.startswith("cuda") and not torch.cuda.is_available():
             raise SystemExit("--full needs a CUDA GPU (it runs the 3B policy in bf16); this machine has none. "
                              "Run without --full for the tiny CPU comparison.")
-        rows, header = full_rows(_REPEATS.value, _WARMUP.value, _STEPS.value, _CFG.value)
+        rows, header = full_rows(_REPEATS.value, _WARMUP.value, _STEPS.value, _CFG.value, _FULL_DEVICE.value)
     else:
         rows, header = tiny_rows(_REPEATS.value, _WARMUP.value, _STEPS.value, _CFG.value, _THREADS.value)
     print(header)
