@@ -24,8 +24,6 @@ from typing import Any
 FORMAT_VERSION = 1
 BUNDLE_FILES = ("config.json", "action_head.safetensors", "dataset_statistics.json", "tokenizer.model",
                 "paligemma/config.json", "paligemma/model.safetensors")
-# sampling options a bundle's config.json records and `DeployedPolicy` uses where an observation gives none
-SAMPLING_DEFAULTS = {"num_samples": 1, "cfg_scale": 5.0, "num_ddim_steps": 10, "use_ddim": True}
 
 
 class BundleError(ValueError):

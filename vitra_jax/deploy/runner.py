@@ -19,9 +19,9 @@ import numpy as np
 import torch
 
 from vitra_jax.data.observation import action_outputs, normalized_state
-from vitra_jax.deploy.bundle import SAMPLING_DEFAULTS
 from vitra_jax.deploy.policy import DeployConfig, TorchVitraPolicy
 from vitra_jax.deploy.preprocess import prepare_image
+from vitra_jax.deploy.sampling import SAMPLING_DEFAULTS
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 _REQUIRED = ("image", "instruction", "state", "state_mask", "action_mask", "fov")

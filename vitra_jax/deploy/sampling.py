@@ -19,6 +19,8 @@ if TYPE_CHECKING:  # the loops only do tensor arithmetic, so the server can use 
     import torch
 
 EpsFn = Callable[["torch.Tensor", int], "torch.Tensor"]  # (x_t, timestep) -> ε prediction
+# sampling options a bundle's config.json records and `DeployedPolicy` uses where an observation gives none
+SAMPLING_DEFAULTS = {"num_samples": 1, "cfg_scale": 5.0, "num_ddim_steps": 10, "use_ddim": True}
 
 
 def cosine_betas(num_steps: int, max_beta: float = 0.999) -> np.ndarray:
