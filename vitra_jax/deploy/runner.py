@@ -12,7 +12,9 @@ inference launches every op from Python (about 4,400 for the 3B prefix and 8,700
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -75,6 +77,7 @@ class DeployedPolicy:
         model.backbone.to(DTYPES[dtype])
         model.compile_dit(compile)
         self._graphs: dict[tuple, _Captured] = {}
+        self._pool: ThreadPoolExecutor | None = None  # resizes a batch's images in parallel (Pillow drops the GIL)
 
     def metadata(self) -> dict:
         """JSON-able description of what this policy takes and returns."""
@@ -160,7 +163,10 @@ class DeployedPolicy:
             return []
         opts = [self._check(i, o) for i, o in enumerate(observations)]
         c, dev = self.config, self.device
-        images = np.stack([self._image(i, o["image"]) for i, o in enumerate(observations)])
+        if len(observations) > 1 and self._pool is None:
+            self._pool = ThreadPoolExecutor(min(8, os.cpu_count() or 1), thread_name_prefix="deploy-image")
+        run = self._pool.map if len(observations) > 1 else map
+        images = np.stack(list(run(lambda io: self._image(io[0], io[1]["image"]), enumerate(observations))))
         tokens, mask = self.tokenizer.batch_encode([o["instruction"] for o in observations], c.max_text_len)
         state_masks = np.stack([np.asarray(o["state_mask"], np.float32) for o in observations])
         states = np.stack([normalized_state(self.normalizer, o["state"], m) for o, m in zip(observations, state_masks,
