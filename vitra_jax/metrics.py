@@ -10,9 +10,9 @@ projector see the patches, Gemma-2 the prefix (patches + text + FoV + cognition)
 and output layer see the chunk + 2 tokens, the action embedder the chunk, and the conditioning layers (z, t
 and state embedders, every AdaLN) one row. A layer whose input needs no gradient (the projector under a frozen
 SigLIP, the patch embedding, the first layers of the FoV encoder and of the action, state and timestep
-embedders) costs 4·P·n. Embedding lookups cost
-nothing; the LM head is never computed in training. These are model FLOPs, the numerator of MFU; `recompute=True` adds the forward passes that
-rematerialisation repeats (2·P·n per remat'ed layer: hardware FLOPs, for HFU).
+embedders) costs 4·P·n. Embedding lookups cost nothing; the LM head is never computed in training.
+These are model FLOPs, the numerator of MFU; `recompute=True` adds what rematerialisation repeats in the
+backward pass (hardware FLOPs, for HFU), by the layers' remat policy (`RECOMPUTED`).
 tests/test_metrics.py checks the count against the matrix products in the train step's jaxpr.
 """
 
@@ -52,6 +52,13 @@ def _matmul_weights(tree: Any) -> int:
     return int(sum(np.prod(v.shape) for k, v in flat.items() if k[-1] in ("kernel", "w", "gating_einsum", "linear")))
 
 
+# What a remat policy recomputes of a layer's matrix products: all of them, only the batched ones (attention's
+# score and value products), or none. A policy not listed here has no hardware-FLOP count.
+RECOMPUTED = {"none": "none", "everything_saveable": "none", "dots_saveable": "none", "checkpoint_dots": "none",
+              "dots_with_no_batch_dims_saveable": "attention", "checkpoint_dots_with_no_batch_dims": "attention",
+              "nothing_saveable": "all"}
+
+
 def _dit_flops(dit_cfg: Any, dit_params: Any, recompute: bool) -> float:
     """Training FLOPs of the DiT for one noise draw of one example."""
     from flax import traverse_util
@@ -79,17 +86,33 @@ def flops_per_example(policy_cfg: Any, params: Any, text_len: int, *, recompute:
     projector = _matmul_weights(img.get("head", {}))
     gemma = _matmul_weights({k: v for k, v in params["vlm"]["llm"].items() if k != "embedder"})
     seq = patches + text_len + 2
-    vlm_mult = 6 + (2 if recompute and vlm.remat_policy != "none" else 0)
+    redo = "none"
+    if recompute:
+        if vlm.remat_policy not in RECOMPUTED:
+            raise ValueError(f"no hardware-FLOP count for remat policy {vlm.remat_policy!r}; known: "
+                             f"{sorted(RECOMPUTED)}")
+        redo = RECOMPUTED[vlm.remat_policy]
     frozen = policy_cfg.freeze_vision
-    siglip_mult = 2 if frozen else vlm_mult
     patch_embed = _matmul_weights(img["embedding"])
+    vis_attn = 2 * patches**2 * vlm.vision.width * vlm.vision.depth  # multiply-adds of one forward
+    llm_attn = 2 * seq**2 * llm.num_heads * llm.head_dim * llm.depth
+
+    def trained(weights_rows: float, attention: float, kept: float = 0.0) -> float:
+        """Forward, backward (×2) and what remat recomputes; `kept`: products whose outputs the backward never
+        needs, so remat does not redo them."""
+        return 2 * (3 * (weights_rows + attention) + (redo == "all") * (weights_rows - kept)
+                    + (redo != "none") * attention)
+
     # no input gradient into the pixels, nor into a frozen SigLIP from the projector
-    flops = siglip_mult * (siglip - patch_embed) * patches + (2 if frozen else vlm_mult - 2) * patch_embed * patches
-    flops += (4 if frozen else 6) * projector * patches
-    flops += vlm_mult * gemma * seq
-    vis_attn = 4 * patches**2 * vlm.vision.width * vlm.vision.depth
-    llm_attn = 4 * seq**2 * llm.num_heads * llm.head_dim * llm.depth
-    flops += vis_attn * (siglip_mult // 2) + llm_attn * (vlm_mult // 2)
+    if frozen:
+        flops = 2 * (siglip * patches + vis_attn) + 4 * projector * patches
+    else:
+        # SigLIP's blocks end in the MLP's output projection, added straight to the residual that the layer scan
+        # keeps; Gemma-2's post-norms need every product's output. The patch embedding is not rematerialised.
+        mlp_out = _matmul_weights(img["Transformer"]["encoderblock"]["MlpBlock_0"]["Dense_1"])
+        flops = trained((siglip - patch_embed) * patches, vis_attn, kept=mlp_out * patches)
+        flops += 4 * patch_embed * patches + 6 * projector * patches
+    flops += trained(gemma * seq, llm_attn)
     fov = params["fov_encoder"]
     flops += 4 * _matmul_weights(fov["fc1"]) + 6 * _matmul_weights(fov["fc2"])  # one row: FoV (2,) -> token
     flops += _dit_flops(policy_cfg.dit, params["action_model"], recompute) * policy_cfg.repeats
