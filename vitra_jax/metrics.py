@@ -13,7 +13,7 @@ SigLIP, the patch embedding, the first layers of the FoV encoder and of the acti
 embedders) costs 4·P·n. Embedding lookups cost nothing; the LM head is never computed in training.
 These are model FLOPs, the numerator of MFU; `recompute=True` adds what rematerialisation repeats in the
 backward pass (hardware FLOPs, for HFU), by the layers' remat policy (`RECOMPUTED`).
-tests/test_metrics.py checks the count against the matrix products in the train step's jaxpr.
+tests/test_flop_count.py checks the count against the matrix products in the train step's jaxpr.
 """
 
 from __future__ import annotations

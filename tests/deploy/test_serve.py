@@ -438,6 +438,7 @@ def test_cli_serves_a_bundle_and_stops_on_sigint(tmp_path, one_torch_thread):
             if m := re.search(r"listening on ws://127\.0\.0\.1:(\d+)", line):
                 break
         assert m, "".join(lines)
+        assert any(re.search(r"warmed up batch sizes 1\.\.2 in [\d.]+ s", line) for line in lines), "".join(lines)
         obs = make_obs(np.random.default_rng(7), seed=11, num_ddim_steps=5)
         with PolicyClient("127.0.0.1", int(m.group(1)), timeout=60) as cl:
             assert cl.server_info["bundle"] == str(bundle) and cl.server_info["max_batch"] == 2

@@ -10,6 +10,7 @@ import torch
 
 from vitra_jax import export, inference
 from vitra_jax.deploy.policy import DeployConfig, TorchVitraPolicy
+from vitra_jax.deploy import runner
 from vitra_jax.deploy.runner import DeployedPolicy
 from vitra_jax.handspace.normalize import GaussianNormalizer
 from vitra_jax.models.policy import VitraPolicy, fake_batch, policy_config
@@ -273,3 +274,51 @@ def test_compiled_dit_traces_as_one_graph_and_samples_the_same(timm_pair):
     assert list(model.state_dict()) == keys  # the compiled wrapper is not a registered submodule
     model.compile_dit(False)
     assert model._dit_step() == model.act_model.net.step
+
+
+def test_warmup_leaves_results_and_the_global_generator_alone(timm_pair, tokenizer, normalizer):
+    obs = _observation(1)
+    reference = DeployedPolicy(_fresh(timm_pair), tokenizer, normalizer)
+    policy = DeployedPolicy(_fresh(timm_pair), tokenizer, normalizer)
+    torch.manual_seed(5)
+    want = reference.predict_action(**obs, num_ddim_steps=4)
+    torch.manual_seed(5)
+    seconds = policy.warmup([1, 3], num_ddim_steps=4)
+    got = policy.predict_action(**obs, num_ddim_steps=4)  # unseeded: draws from the global generator
+    assert sorted(seconds) == [1, 3] and all(v > 0 for v in seconds.values())
+    for key in want:
+        np.testing.assert_array_equal(got[key], want[key], err_msg=key)
+    with pytest.raises(ValueError, match="unknown keys"):
+        policy.warmup([1], temperature=1.0)
+
+
+def test_graph_cache_keys_on_options_and_shapes_and_drops_the_least_recent(timm_pair, tokenizer, normalizer,
+                                                                         monkeypatch):
+    """The CUDA-graph bookkeeping with the capture replaced by an eager call (CPU): one entry per stage, options
+    and shapes, at most MAX_GRAPHS, least recently used dropped, results those of eager calls."""
+    captured = []
+
+    class Eager:
+        def __init__(self, fn, inputs, options):
+            self.fn, self.options = fn, options
+            captured.append((fn.__name__, options.get("cfg_scale"), {k: tuple(v.shape) for k, v in inputs.items()}))
+
+        def __call__(self, inputs):
+            return self.fn(**inputs, **self.options)
+
+    monkeypatch.setattr(runner, "_Captured", Eager)
+    monkeypatch.setattr(runner, "MAX_GRAPHS", 3)
+    eager = DeployedPolicy(_fresh(timm_pair), tokenizer, normalizer)
+    graphed = DeployedPolicy(_fresh(timm_pair), tokenizer, normalizer)
+    graphed.cuda_graphs = True  # the real class refuses a CPU device
+    obs = _observation(0)
+    for cfg_scale in (2.0, 3.0, 2.0, 4.0, 3.0):
+        got = graphed.predict_action(**obs, cfg_scale=cfg_scale, num_ddim_steps=3, seed=1)
+        want = eager.predict_action(**obs, cfg_scale=cfg_scale, num_ddim_steps=3, seed=1)
+        np.testing.assert_array_equal(got["normalized"], want["normalized"])
+    # cognition once (used by every call); denoise for 2.0 and 3.0; 2.0 again is cached; 4.0 drops the least
+    # recently used (3.0), so 3.0 is captured again and drops 2.0
+    assert [(name, cfg) for name, cfg, _ in captured] == [
+        ("cognition", None), ("denoise", 2.0), ("denoise", 3.0), ("denoise", 4.0), ("denoise", 3.0)]
+    graphed.predict_batch([obs, obs])  # another batch size: new shapes, new entries
+    assert captured[-2][0] == "cognition" and captured[-2][2]["images"][0] == 2

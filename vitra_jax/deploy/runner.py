@@ -12,8 +12,10 @@ inference launches every op from Python (about 4,400 for the 3B prefix and 8,700
 
 from __future__ import annotations
 
+import collections
 import os
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -28,6 +30,7 @@ from vitra_jax.deploy.sampling import SAMPLING_DEFAULTS
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 _REQUIRED = ("image", "instruction", "state", "state_mask", "action_mask", "fov")
 _OPTIONAL = (*SAMPLING_DEFAULTS, "seed", "noise", "step_noise")
+MAX_GRAPHS = 32  # captured graphs kept (each holds its own GPU memory); the least recently used goes first
 
 
 class _Captured:
@@ -76,7 +79,7 @@ class DeployedPolicy:
         model.to(self.device).eval()
         model.backbone.to(DTYPES[dtype])
         model.compile_dit(compile)
-        self._graphs: dict[tuple, _Captured] = {}
+        self._graphs: collections.OrderedDict[tuple, _Captured] = collections.OrderedDict()
         self._pool: ThreadPoolExecutor | None = None  # resizes a batch's images in parallel (Pillow drops the GIL)
 
     def metadata(self) -> dict:
@@ -202,6 +205,27 @@ class DeployedPolicy:
         if not self.cuda_graphs:
             return fn(**inputs, **options)
         key = (stage, *options.items(), *((k, tuple(v.shape)) for k, v in inputs.items()))
-        if key not in self._graphs:
+        if key in self._graphs:
+            self._graphs.move_to_end(key)
+        else:
+            if len(self._graphs) >= MAX_GRAPHS:
+                self._graphs.popitem(last=False)
             self._graphs[key] = _Captured(fn, inputs, options)
         return self._graphs[key](inputs)
+
+    def warmup(self, batch_sizes: Iterable[int] = (1,), **options: Any) -> dict[int, float]:
+        """Runs a synthetic batch of each size (mid-grey image, both hands present, `options` or the sampling
+        defaults) so that compilation, CUDA-graph capture and kernel autotuning happen now rather than on the first
+        real request; returns the seconds each size took. Uses a fixed seed: torch's global generator is left
+        as it was."""
+        c = self.config
+        obs = {"image": np.full((c.image_size, c.image_size, 3), 128, np.uint8), "instruction": "Left hand: None.",
+               "state": np.zeros(c.state_dim), "state_mask": np.ones(c.state_dim),
+               "action_mask": np.ones((c.chunk_len, c.action_dim)), "fov": np.deg2rad([60.0, 50.0]), "seed": 0,
+               **options}
+        seconds = {}
+        for n in batch_sizes:
+            t0 = time.perf_counter()
+            self.predict_batch([obs] * n)
+            seconds[n] = time.perf_counter() - t0
+        return seconds

@@ -380,7 +380,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     p.add_argument("--compile", action="store_true", help="torch.compile the DiT step")
-    p.add_argument("--cuda-graphs", action="store_true", help="replay the VLM prefix and the denoising loop as CUDA graphs (cuda only)")
+    p.add_argument("--cuda-graphs", action="store_true",
+                   help="replay the VLM prefix and the denoising loop as CUDA graphs (cuda only)")
+    p.add_argument("--warmup", action=argparse.BooleanOptionalAction, default=True,
+                   help="run every batch size up to --max-batch once before listening (compilation, graph capture)")
     p.add_argument("--threads", type=int, default=0,
                    help="torch intra-op CPU threads (0: torch's default; 1 is often fastest for small models on a "
                         "busy CPU)")
@@ -399,6 +402,9 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(args.threads)
     policy = load_bundle(args.bundle, device=args.device, dtype=args.dtype, compile=args.compile,
                          cuda_graphs=args.cuda_graphs)
+    if args.warmup:
+        seconds = policy.warmup(range(1, args.max_batch + 1))
+        log.info("warmed up batch sizes 1..%d in %.1f s", args.max_batch, sum(seconds.values()))
     info = {"bundle": str(args.bundle), "device": args.device, "dtype": args.dtype, "compile": args.compile,
             "cuda_graphs": args.cuda_graphs, "threads": torch.get_num_threads()}
     serve(policy, args.host, args.port, max_batch=args.max_batch, batch_wait_ms=args.batch_wait_ms,
