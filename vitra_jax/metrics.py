@@ -39,17 +39,14 @@ def peak_flops(device: jax.Device | None = None) -> float | None:
     return None
 
 
-def _size(tree: Any) -> int:
-    return int(sum(np.prod(x.shape) for x in jax.tree.leaves(tree)))
-
-
 def _matmul_weights(tree: Any) -> int:
     """Weights that enter matrix products (and the patch convolution): Dense `kernel`s, Gemma's einsum `w`s and
     its MLP's `gating_einsum` / `linear`; biases, norm scales and positional embeddings multiply nothing."""
     from flax import traverse_util
 
     flat = traverse_util.flatten_dict(tree) if tree else {}
-    return int(sum(np.prod(v.shape) for k, v in flat.items() if k[-1] in ("kernel", "w", "gating_einsum", "linear")))
+    names = ("kernel", "w", "gating_einsum", "linear")
+    return int(sum(np.prod(v.shape) for k, v in flat.items() if k[-1] in names))
 
 
 # What a remat policy recomputes of a layer's matrix products: all of them, only the batched ones (attention's

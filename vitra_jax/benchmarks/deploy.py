@@ -194,8 +194,8 @@ def full_rows(repeats: int, warmup: int, steps: int, cfg_scale: float,
         except Exception as e:  # one failing mode still leaves the others' figures
             rows.append((name, f"failed: {type(e).__name__}: {str(e).splitlines()[0][:80]}"))
     n_params = sum(p.numel() for p in model.parameters())
-    header = (f"device={torch.cuda.get_device_name() if cuda else device} variant=3b dtype=bfloat16 params={n_params / 1e9:.2f}B "
-              f"ddim_steps={steps} cfg_scale={cfg_scale} random weights")
+    header = (f"device={torch.cuda.get_device_name() if cuda else device} variant=3b dtype=bfloat16 "
+              f"params={n_params / 1e9:.2f}B ddim_steps={steps} cfg_scale={cfg_scale} random weights")
     return rows, header
 
 

@@ -254,15 +254,14 @@ class TorchVitraPolicy(nn.Module):
             x = noise.to(dev).float().reshape(b * s, n, a)
         x = self._pad(x, cfg.action_pad)
         guided = cfg_scale > 1.0
-        net = self.act_model.net
         if guided:
             drop = torch.cat([torch.zeros(b * s, dtype=torch.bool, device=dev),
                               torch.ones(b * s, dtype=torch.bool, device=dev)])
-            prefix, z_emb = net.condition(torch.cat([z, z]), torch.cat([state, state]),
-                                          torch.cat([state_mask, state_mask]), drop)
-            mm = torch.cat([mask, mask])
+            zz, mm, ss, sm = (torch.cat([v, v]) for v in (z, mask, state, state_mask))
         else:
-            (prefix, z_emb), mm = net.condition(z, state, state_mask), mask
+            drop, zz, mm, ss, sm = None, z, mask, state, state_mask
+        net = self.act_model.net
+        prefix, z_emb = net.condition(zz, ss, sm, drop)
         if use_ddim:
             coeffs = sampling.ddim_coefficients(cfg.num_train_steps, num_ddim_steps)
         else:
