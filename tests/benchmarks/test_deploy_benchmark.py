@@ -52,3 +52,12 @@ def test_op_count_adds_up_and_grows_by_the_same_ops_per_denoising_step():
     per_step = [(rows[b][f"denoise ({b} DDIM)"][0] - rows[a][f"denoise ({a} DDIM)"][0]) / (b - a)
                 for a, b in ((2, 4), (4, 5))]
     assert per_step[0] == per_step[1] > 0
+
+
+def test_host_benchmark_times_every_host_step():
+    out = _run("--host", "--repeats=3", "--warmup=1")
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
+    rows = re.findall(r"^(image (?:squash|official), (?:1 frame|4 in a row|4 in threads)|actions \+ trajectory)"
+                      r"\s+([\d.]+)\s+([\d.]+)$", out.stdout, re.M)
+    assert len(rows) == 7, out.stdout
+    assert all(0 < float(med) <= float(p95) for _, med, p95 in rows), rows

@@ -1,11 +1,13 @@
 """Deploy image preprocessing: the release's short-side Lanczos resize, then the training squash."""
 
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 import pytest
 from PIL import Image
 
 from vitra_jax.data.observation import model_image
-from vitra_jax.deploy.preprocess import prepare_image, resize_short_side
+from vitra_jax.deploy.preprocess import prepare_image, prepare_images, resize_short_side
 
 
 def _release_resize_short_side_to_target(image: Image.Image, target: int = 224) -> Image.Image:
@@ -37,3 +39,16 @@ def test_the_two_modes_differ_and_bad_input_is_named():
         prepare_image(image, 224, "lanczos")
     with pytest.raises(ValueError, match="image must be uint8"):
         resize_short_side(image.astype(np.float32))
+
+
+@pytest.mark.parametrize("mode", ["squash", "official"])
+def test_a_batch_in_threads_is_each_image_in_order(mode):
+    rng = np.random.default_rng(3)
+    images = [rng.integers(0, 256, shape, dtype=np.uint8) for shape in ((300, 533, 3), (480, 270, 3), (64, 64, 3))]
+    want = np.stack([model_image(resize_short_side(i) if mode == "official" else i, 32) for i in images])
+    with ThreadPoolExecutor(2) as pool:
+        np.testing.assert_array_equal(prepare_images(images, 32, mode, pool), want)
+        bad = [images[0], images[1], images[2].astype(np.float32)]
+        with pytest.raises(ValueError, match="observation 2: image must be uint8"):
+            prepare_images(bad, 32, mode, pool)
+    np.testing.assert_array_equal(prepare_images(images, 32, mode), want)

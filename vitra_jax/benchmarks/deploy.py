@@ -4,6 +4,7 @@
         [--torch_threads=1]
     python -m vitra_jax.benchmarks.deploy --full [--repeats=20]      # needs a CUDA GPU
     python -m vitra_jax.benchmarks.deploy --count_ops [--variant=3b]  # no GPU needed
+    python -m vitra_jax.benchmarks.deploy --host                     # host-side work of one call
 
 Default (CPU, fp32): the `tiny` policy with random weights shared by the JAX policy and `TorchVitraPolicy`
 (through the official state-dict layout) wrapped in `DeployedPolicy`; one observation (224 x 298 image,
@@ -14,7 +15,9 @@ nothing downloaded, 10 DDIM steps and CFG 5 by default, eager, CUDA graphs, torc
 median / p95 latency and peak GPU memory (`torch.cuda.max_memory_allocated`). `--count_ops`: the torch ops one
 `predict_action` dispatches (VLM prefix, denoising loop), counted with the model on the meta device (no
 memory, no GPU); eager GPU inference launches each non-view op from Python, which is what CUDA graphs remove.
-Prints one table.
+`--host`: the CPU work around the model, whatever the device: resizing a 480 x 640 camera frame (both
+preprocess modes; one frame, and 4 frames in a row next to 4 in the image threads `DeployedPolicy` uses) and
+turning one sampled chunk into actions and a trajectory (`action_outputs`). Prints one table.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ _FULL = flags.DEFINE_bool("full", False, "Full-size 3B policy in bf16 on a CUDA 
 _FULL_DEVICE = flags.DEFINE_string("full_device", "cuda", "Device of --full; 'cpu' runs its eager row only (a "
                                    "check that the 3B path works, slow: tens of seconds per call).")
 _COUNT = flags.DEFINE_bool("count_ops", False, "Count the ops of one predict_action on the meta device instead.")
+_HOST = flags.DEFINE_bool("host", False, "Time the host-side work of one call instead.")
 _VARIANT = flags.DEFINE_enum("variant", "3b", ["tiny", "3b"], "Policy size for --count_ops.")
 _THREADS = flags.DEFINE_integer("torch_threads", 1, "torch intra-op threads for the tiny CPU rows (0: torch's "
                                 "default). Ops this small gain nothing from threads, and OpenMP spin-waiting on "
@@ -244,7 +248,41 @@ def op_count_rows(variant: str, steps: int, cfg_scale: float) -> tuple[list[tupl
     return rows, header
 
 
+def host_rows(repeats: int, warmup: int) -> tuple[list[tuple], str]:
+    """Rows (name, median ms, p95 ms) of the host-side steps of `DeployedPolicy.predict_batch`."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from vitra_jax.data.observation import action_outputs
+    from vitra_jax.deploy.preprocess import prepare_image, prepare_images
+    from vitra_jax.deploy.runner import IMAGE_THREADS
+    from vitra_jax.handspace.normalize import GaussianNormalizer
+
+    rng = np.random.default_rng(0)
+    frames = [rng.integers(0, 256, (480, 640, 3), dtype=np.uint8) for _ in range(4)]
+    rows = []
+    with ThreadPoolExecutor(IMAGE_THREADS) as pool:
+        for mode in ("squash", "official"):
+            rows += [(f"image {mode}, 1 frame", *latency_ms(lambda m=mode: prepare_image(frames[0], 224, m),
+                                                             warmup, repeats)),
+                     (f"image {mode}, 4 in a row", *latency_ms(lambda m=mode: prepare_images(frames, 224, m),
+                                                               warmup, repeats)),
+                     (f"image {mode}, 4 in threads", *latency_ms(
+                         lambda m=mode: prepare_images(frames, 224, m, pool), warmup, repeats))]
+    chunk = rng.normal(size=(1, 16, 102))
+    rows.append(("actions + trajectory", *latency_ms(
+        lambda: action_outputs(GaussianNormalizer.identity(), chunk, np.ones((16, 102)), np.zeros(102)),
+        warmup, repeats)))
+    return rows, f"host-side work of one predict_batch: 480 x 640 frames -> 224, {IMAGE_THREADS} image threads"
+
+
 def main(_):
+    if _HOST.value:
+        rows, header = host_rows(_REPEATS.value, _WARMUP.value)
+        print(header)
+        print(f"{'':<28}{'median ms':>12}{'p95 ms':>12}")
+        for name, med, p95 in rows:
+            print(f"{name:<28}{med:>12.2f}{p95:>12.2f}")
+        return
     if _COUNT.value:
         rows, header = op_count_rows(_VARIANT.value, _STEPS.value, _CFG.value)
         print(header)

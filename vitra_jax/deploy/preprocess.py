@@ -8,6 +8,8 @@ and then lets the PaliGemma processor squash it the same way.
 
 from __future__ import annotations
 
+from concurrent.futures import Executor
+
 import numpy as np
 from PIL import Image
 
@@ -33,3 +35,16 @@ def prepare_image(image: np.ndarray, image_size: int, mode: str) -> np.ndarray:
     elif mode != "squash":
         raise ValueError(f"unknown preprocess mode {mode!r}; choose 'squash' or 'official'")
     return model_image(image, image_size)
+
+
+def prepare_images(images: list[np.ndarray], image_size: int, mode: str, pool: Executor | None = None) -> np.ndarray:
+    """`prepare_image` of each camera image, stacked (B, S, S, 3); with `pool`, in its threads (Pillow drops the
+    GIL while resizing). A bad image raises ValueError naming its index ('observation i')."""
+    def one(i: int, image: np.ndarray) -> np.ndarray:
+        try:
+            return prepare_image(image, image_size, mode)
+        except ValueError as e:
+            raise ValueError(f"observation {i}: {e}") from None
+
+    run = pool.map if pool is not None and len(images) > 1 else map
+    return np.stack(list(run(one, range(len(images)), images)))

@@ -24,12 +24,13 @@ import torch
 
 from vitra_jax.data.observation import action_outputs, normalized_state
 from vitra_jax.deploy.policy import DeployConfig, TorchVitraPolicy
-from vitra_jax.deploy.preprocess import prepare_image
+from vitra_jax.deploy.preprocess import prepare_images
 from vitra_jax.deploy.sampling import SAMPLING_DEFAULTS
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 _REQUIRED = ("image", "instruction", "state", "state_mask", "action_mask", "fov")
 _OPTIONAL = (*SAMPLING_DEFAULTS, "seed", "noise", "step_noise")
+IMAGE_THREADS = min(8, os.cpu_count() or 1)
 MAX_GRAPHS = 32  # captured graphs kept (each holds its own GPU memory); the least recently used goes first
 
 
@@ -80,7 +81,7 @@ class DeployedPolicy:
         model.backbone.to(DTYPES[dtype])
         model.compile_dit(compile)
         self._graphs: collections.OrderedDict[tuple, _Captured] = collections.OrderedDict()
-        self._pool: ThreadPoolExecutor | None = None  # resizes a batch's images in parallel (Pillow drops the GIL)
+        self._pool: ThreadPoolExecutor | None = None  # resizes a batch's images in parallel
 
     def metadata(self) -> dict:
         """JSON-able description of what this policy takes and returns."""
@@ -135,11 +136,6 @@ class DeployedPolicy:
                              f"got {np.shape(step_noise)}")
         return opts
 
-    def _image(self, i: int, image: np.ndarray) -> np.ndarray:
-        try:
-            return prepare_image(image, self.config.image_size, self.config.preprocess)
-        except ValueError as e:
-            raise ValueError(f"observation {i}: {e}") from None
 
     def _draw(self, obs: dict, opts: dict) -> tuple[torch.Tensor, torch.Tensor | None]:
         """x_T (S, N, A) and, for DDPM, the per-step noise (T, S, N, A); drawn on the CPU so a seed means the
@@ -167,9 +163,8 @@ class DeployedPolicy:
         opts = [self._check(i, o) for i, o in enumerate(observations)]
         c, dev = self.config, self.device
         if len(observations) > 1 and self._pool is None:
-            self._pool = ThreadPoolExecutor(min(8, os.cpu_count() or 1), thread_name_prefix="deploy-image")
-        run = self._pool.map if len(observations) > 1 else map
-        images = np.stack(list(run(lambda io: self._image(io[0], io[1]["image"]), enumerate(observations))))
+            self._pool = ThreadPoolExecutor(IMAGE_THREADS, thread_name_prefix="deploy-image")
+        images = prepare_images([o["image"] for o in observations], c.image_size, c.preprocess, self._pool)
         tokens, mask = self.tokenizer.batch_encode([o["instruction"] for o in observations], c.max_text_len)
         state_masks = np.stack([np.asarray(o["state_mask"], np.float32) for o in observations])
         states = np.stack([normalized_state(self.normalizer, o["state"], m) for o, m in zip(observations, state_masks,
