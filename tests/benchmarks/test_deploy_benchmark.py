@@ -35,6 +35,12 @@ def test_full_benchmark_on_cpu_explains_it_needs_a_gpu():
     assert "--full needs a CUDA GPU" in out.stderr + out.stdout
 
 
+def test_full_benchmark_refuses_unknown_modes():
+    out = _run("--full", "--modes=eager,fast")
+    assert out.returncode != 0
+    assert "--modes: unknown ['fast']" in out.stderr + out.stdout
+
+
 def _op_rows(steps: int) -> dict[str, tuple[int, int]]:
     out = _run("--count_ops", "--variant=tiny", f"--steps={steps}")
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]

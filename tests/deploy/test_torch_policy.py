@@ -168,8 +168,10 @@ def test_predict_batch_equals_single_calls(timm_pair, tokenizer, normalizer):
     batched = deployed.predict_batch(obs)
     for o, got in zip(obs, batched, strict=True):
         single = deployed.predict_action(**o)
-        # fp32 batching changes the last bits; Euler angles of composed rotations amplify them a little
-        for k, atol in (("normalized", 1e-5), ("actions", 1e-5), ("trajectory", 1e-4)):
+        # fp32 batching changes the last bits of the normalized sample; unnormalizing scales them by the
+        # action std (up to 2 here) and the trajectory adds up 16 actions
+        bound = 1e-5 * normalizer.action_std.max()
+        for k, atol in (("normalized", 1e-5), ("actions", bound), ("trajectory", 16 * bound)):
             np.testing.assert_allclose(got[k], single[k], rtol=1e-5, atol=atol, err_msg=k)
     assert [b["normalized"].shape[0] for b in batched] == [1, 1, 3]
     assert np.abs(batched[0]["normalized"][0] - batched[1]["normalized"][0]).max() > 0.1

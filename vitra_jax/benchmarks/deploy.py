@@ -2,7 +2,7 @@
 
     python -m vitra_jax.benchmarks.deploy [--repeats=20] [--warmup=2] [--steps=10] [--cfg_scale=5.0]
         [--torch_threads=1]
-    python -m vitra_jax.benchmarks.deploy --full [--repeats=20]      # needs a CUDA GPU
+    python -m vitra_jax.benchmarks.deploy --full [--repeats=20] [--modes=eager,cuda_graphs,compile,compile_cuda_graphs]
     python -m vitra_jax.benchmarks.deploy --count_ops [--variant=3b]  # no GPU needed
     python -m vitra_jax.benchmarks.deploy --host                     # host-side work of one call
 
@@ -11,8 +11,9 @@ Default (CPU, fp32): the `tiny` policy with random weights shared by the JAX pol
 both hands); the same initial noise on both sides (the max |diff| of the normalized chunks is printed as a
 check); and the torch policy once more behind the websocket server (`vitra_jax.deploy.serve`, one client).
 `--full`: the 3B policy (PaliGemma-2 3B-224 + DiT-B, the release's q/k norm) with random weights in bf16,
-nothing downloaded, 10 DDIM steps and CFG 5 by default, eager, CUDA graphs, torch.compile and both; prints
-median / p95 latency and peak GPU memory (`torch.cuda.max_memory_allocated`). `--count_ops`: the torch ops one
+nothing downloaded, 10 DDIM steps and CFG 5 by default, in the `--modes` given (eager, CUDA graphs,
+torch.compile and both); prints median / p95 latency and peak GPU memory (`torch.cuda.max_memory_allocated`),
+each row as soon as it is measured. `--count_ops`: the torch ops one
 `predict_action` dispatches (VLM prefix, denoising loop), counted with the model on the meta device (no
 memory, no GPU); eager GPU inference launches each non-view op from Python, which is what CUDA graphs remove.
 `--host`: the CPU work around the model, whatever the device: resizing a 480 x 640 camera frame (both
@@ -27,7 +28,7 @@ import os
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 
 from absl import app, flags
 import numpy as np
@@ -39,9 +40,12 @@ _CFG = flags.DEFINE_float("cfg_scale", 5.0, "Classifier-free guidance scale.")
 _FULL = flags.DEFINE_bool("full", False, "Full-size 3B policy in bf16 on a CUDA GPU instead of the tiny one.")
 _FULL_DEVICE = flags.DEFINE_string("full_device", "cuda", "Device of --full; 'cpu' runs its eager row only (a "
                                    "check that the 3B path works, slow: tens of seconds per call).")
+_MODES = flags.DEFINE_list("modes", ["eager", "cuda_graphs", "compile", "compile_cuda_graphs"],
+                           "--full on CUDA: the modes to time, in this order (compiling changes the model in "
+                           "place, so compiled modes come after the others).")
 _COUNT = flags.DEFINE_bool("count_ops", False, "Count the ops of one predict_action on the meta device instead.")
 _HOST = flags.DEFINE_bool("host", False, "Time the host-side work of one call instead.")
-_VARIANT = flags.DEFINE_enum("variant", "3b", ["tiny", "3b"], "Policy size for --count_ops.")
+_VARIANT = flags.DEFINE_enum("variant", "3b", ["tiny", "3b"], "Policy size for --full and --count_ops.")
 _THREADS = flags.DEFINE_integer("torch_threads", 1, "torch intra-op threads for the tiny CPU rows (0: torch's "
                                 "default). Ops this small gain nothing from threads, and OpenMP spin-waiting on "
                                 "a loaded machine can make them 50x slower.")
@@ -145,10 +149,19 @@ def tiny_rows(repeats: int, warmup: int, steps: int, cfg_scale: float, threads: 
     return rows, header
 
 
-def full_rows(repeats: int, warmup: int, steps: int, cfg_scale: float,
-              device: str = "cuda") -> tuple[list[tuple], str]:
-    """Rows (name, median ms, p95 ms, peak GiB) of the 3B torch policy in bf16 on `device` (CUDA: eager, CUDA
-    graphs, compile, both; CPU: eager only, peak memory not measured)."""
+# mode -> (torch.compile, CUDA graphs), in the order they run: compiling changes the model in place
+FULL_MODES = {"eager": (False, False), "cuda_graphs": (False, True), "compile": (True, False),
+              "compile_cuda_graphs": (True, True)}
+
+
+def full_rows(repeats: int, warmup: int, steps: int, cfg_scale: float, device: str = "cuda",
+              modes: Iterable[str] = tuple(FULL_MODES), variant: str = "3b") -> Iterator[str | tuple]:
+    """The header line, then one row (name, median ms, p95 ms, peak GiB) per mode as it is measured, of the
+    `variant` torch policy in bf16 on `device` (CUDA: `modes`, run in FULL_MODES order; CPU: eager only, peak
+    memory not measured)."""
+    modes = set(modes)
+    if modes - set(FULL_MODES) or not modes:
+        raise ValueError(f"modes must be some of {list(FULL_MODES)}, got {sorted(modes)}")
     os.environ.setdefault("JAX_PLATFORMS", "cpu")  # only config dataclasses come from the JAX side
     import torch
 
@@ -159,7 +172,7 @@ def full_rows(repeats: int, warmup: int, steps: int, cfg_scale: float,
     from vitra_jax.models.policy import policy_config
     from vitra_jax.weights import hf
 
-    cfg = policy_config("3b")
+    cfg = policy_config(variant)
     cfg = dataclasses.replace(cfg, dit=dataclasses.replace(cfg.dit, qk_norm="timm_0_9_10"))
     config = deploy_config_from_policy_config(cfg, hf.hf_config_dict(cfg.vlm))
     torch.manual_seed(0)
@@ -178,13 +191,15 @@ def full_rows(repeats: int, warmup: int, steps: int, cfg_scale: float,
     obs = observation(config.chunk_len)
     args = (obs["image"], obs["instruction"], obs["state"], obs["state_mask"], obs["action_mask"], obs["fov"])
     kw = dict(num_samples=1, cfg_scale=cfg_scale, num_ddim_steps=steps, seed=0)
-    rows = []
     cuda = torch.device(device).type == "cuda"
     sync = torch.cuda.synchronize if cuda else (lambda: None)
-    # compiling changes the model in place, so the compiled rows come last
-    modes = (("eager", False, False), ("cuda graphs", False, True), ("torch.compile", True, False),
-             ("compile + cuda graphs", True, True))
-    for name, compile_, graphs in modes if cuda else modes[:1]:
+    n_params = sum(p.numel() for p in model.parameters())
+    size = f"{n_params / 1e9:.2f}B" if n_params >= 1e8 else f"{n_params / 1e6:.2f}M"
+    yield (f"device={torch.cuda.get_device_name() if cuda else device} variant={variant} dtype=bfloat16 "
+           f"params={size} ddim_steps={steps} cfg_scale={cfg_scale} random weights")
+    for name, (compile_, graphs) in FULL_MODES.items():
+        if name not in modes or (not cuda and name != "eager"):
+            continue
         sync()
         if cuda:
             torch.cuda.reset_peak_memory_stats()
@@ -194,13 +209,9 @@ def full_rows(repeats: int, warmup: int, steps: int, cfg_scale: float,
             run = lambda p=policy: (p.predict_action(*args, **kw), sync())
             med, p95 = latency_ms(run, max(warmup, 3 if compile_ or graphs else 1), repeats)
             peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else float("nan")
-            rows.append((name, med, p95, peak))
+            yield name, med, p95, peak
         except Exception as e:  # one failing mode still leaves the others' figures
-            rows.append((name, f"failed: {type(e).__name__}: {str(e).splitlines()[0][:80]}"))
-    n_params = sum(p.numel() for p in model.parameters())
-    header = (f"device={torch.cuda.get_device_name() if cuda else device} variant=3b dtype=bfloat16 "
-              f"params={n_params / 1e9:.2f}B ddim_steps={steps} cfg_scale={cfg_scale} random weights")
-    return rows, header
+            yield name, f"failed: {type(e).__name__}: {str(e).splitlines()[0][:80]}"
 
 
 def op_count_rows(variant: str, steps: int, cfg_scale: float) -> tuple[list[tuple], str]:
@@ -293,17 +304,23 @@ def main(_):
     if _FULL.value:
         import torch
 
+        if set(_MODES.value) - set(FULL_MODES):
+            raise app.UsageError(f"--modes: unknown {sorted(set(_MODES.value) - set(FULL_MODES))}; use some of "
+                                 f"{list(FULL_MODES)}")
         if _FULL_DEVICE.value.startswith("cuda") and not torch.cuda.is_available():
             raise SystemExit("--full needs a CUDA GPU (it runs the 3B policy in bf16); this machine has none. "
                              "Run without --full for the tiny CPU comparison.")
-        rows, header = full_rows(_REPEATS.value, _WARMUP.value, _STEPS.value, _CFG.value, _FULL_DEVICE.value)
+        rows = full_rows(_REPEATS.value, _WARMUP.value, _STEPS.value, _CFG.value, _FULL_DEVICE.value,
+                         _MODES.value, _VARIANT.value)
+        header = next(rows)
     else:
         rows, header = tiny_rows(_REPEATS.value, _WARMUP.value, _STEPS.value, _CFG.value, _THREADS.value)
     print(header)
     cols = ["median ms", "p95 ms"] + (["peak GiB"] if _FULL.value else [])
-    print(f"{'':<24}" + "".join(f"{c:>12}" for c in cols))
-    for name, *figures in rows:
-        print(f"{name:<24}" + "".join(f"{x:>12.2f}" if isinstance(x, float) else f"  {x}" for x in figures))
+    print(f"{'':<24}" + "".join(f"{c:>12}" for c in cols), flush=True)
+    for name, *figures in rows:  # --full: each row as soon as it is measured (a killed run keeps them)
+        print(f"{name:<24}" + "".join(f"{x:>12.2f}" if isinstance(x, float) else f"  {x}" for x in figures),
+              flush=True)
 
 
 if __name__ == "__main__":
