@@ -40,7 +40,10 @@ _DRY_RUN = flags.DEFINE_bool("dry_run", False, "Tiny models on the CPU: checks t
 REPO = pathlib.Path(__file__).resolve().parents[2]
 TAIL_LINES = 40
 ENV_SCRIPT = """
-import importlib, importlib.metadata as md, platform, sys
+import importlib, importlib.metadata as md, platform, shutil, subprocess, sys
+if shutil.which("nvidia-smi"):
+    subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total,clocks.max.sm,power.limit,driver_version",
+                    "--format=csv"], check=False)
 print("python", platform.python_version(), sys.executable)
 for name in ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "ml_collections", "grain", "numpy", "torch",
              "transformers", "tokenizers", "huggingface-hub", "safetensors", "websockets", "tensorboardX"):
