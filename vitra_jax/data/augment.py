@@ -166,45 +166,54 @@ def _fit_inside(k_norm: np.ndarray, r: np.ndarray, aspect: float) -> tuple[float
     if np.any(rays[:, 2] <= 1e-6):
         raise AugmentError("a source image corner lies behind the virtual camera (source FoV too wide)")
     poly = rays[:, :2] / rays[:, 2:]
-    half = np.inf
-    for diag in ([aspect, 1.0], [aspect, -1.0]):
-        for a, b in zip(poly, np.roll(poly, -1, axis=0)):
-            m = np.array([diag, a - b]).T  # s·diag = a + t·(b − a)
-            if abs(np.linalg.det(m)) > 1e-12:
-                half = min(half, abs(np.linalg.solve(m, a)[0]))
+    # s·diag = a + t·(b − a) for both diagonals × the 4 edges a→b, solved in one batch.
+    diags = np.broadcast_to(np.array([[aspect, 1.0], [aspect, -1.0]])[:, None], (2, 4, 2))
+    edges = np.broadcast_to(poly - np.roll(poly, -1, axis=0), (2, 4, 2))
+    m = np.stack([diags, edges], axis=-1).reshape(8, 2, 2)
+    solvable = np.abs(np.linalg.det(m)) > 1e-12
+    rhs = np.broadcast_to(poly, (2, 4, 2)).reshape(8, 2, 1)[solvable]
+    s = np.linalg.solve(m[solvable], rhs)[:, 0, 0]
+    half = np.fmin.reduce(np.abs(s), initial=np.inf)
     if not np.isfinite(half) or half <= 0:
         raise AugmentError("no view rectangle fits inside the source image")
     return 2 * half * aspect, 2 * half
 
 
+def _crop_ok(pts: list[list[float]], bbox: list[float] | None, min_overlap: float) -> bool:
+    """Whether the rolled crop's corners `pts` (4 × [x, y], normalized source units) lie in the image and
+    their bounding box keeps `min_overlap` of the palm bbox."""
+    xs, ys = [p[0] for p in pts], [p[1] for p in pts]
+    x0, y0, x1, y1 = min(xs), min(ys), max(xs), max(ys)
+    if min(x0, y0) < 0 or max(x1, y1) > 1:
+        return False
+    if bbox is None:
+        return True
+    area = (bbox[2] - bbox[0]) * (bbox[3] - bbox[1])
+    if area <= 0:
+        return x0 <= bbox[0] and bbox[2] <= x1 and y0 <= bbox[1] and bbox[3] <= y1
+    iw, ih = min(x1, bbox[2]) - max(x0, bbox[0]), min(y1, bbox[3]) - max(y0, bbox[1])
+    return iw > 0 and ih > 0 and iw * ih / area >= min_overlap
+
+
 def _roll_range(cfg: AugmentConfig, centre: np.ndarray, crop: np.ndarray, bbox: np.ndarray | None):
     """[lo, hi] roll angles (radians) found by bisection for which the rolled crop (normalized source
-    units) stays in the image and its bounding box keeps `min_overlap` of the palm bbox (release rule)."""
+    units) stays in the image and its bounding box keeps `min_overlap` of the palm bbox (release rule).
+    Both ends are bisected together."""
     rect = np.array([[-1, -1], [-1, 1], [1, 1], [1, -1]]) * crop / 2
-
-    def ok(angle: float) -> bool:
-        c, s = np.cos(angle), np.sin(angle)
-        pts = rect @ np.array([[c, -s], [s, c]]).T + centre
-        if pts.min() < 0 or pts.max() > 1:
-            return False
-        if bbox is None:
-            return True
-        (x0, y0), (x1, y1) = pts.min(0), pts.max(0)
-        area = (bbox[2] - bbox[0]) * (bbox[3] - bbox[1])
-        if area <= 0:
-            return x0 <= bbox[0] and bbox[2] <= x1 and y0 <= bbox[1] and bbox[3] <= y1
-        iw, ih = min(x1, bbox[2]) - max(x0, bbox[0]), min(y1, bbox[3]) - max(y0, bbox[1])
-        return iw > 0 and ih > 0 and iw * ih / area >= cfg.min_overlap
-
-    limit = np.deg2rad(cfg.inplane_deg)
-    ends = []
-    for sign in (1.0, -1.0):
-        good, bad = 0.0, sign * limit
-        for _ in range(20):
-            mid = (good + bad) / 2
-            good, bad = (mid, bad) if ok(mid) else (good, mid)
-        ends.append(good)
-    return ends[1], ends[0]
+    box = None if bbox is None else [float(v) for v in bbox]
+    limit = float(np.deg2rad(cfg.inplane_deg))
+    good, bad = [0.0, 0.0], [limit, -limit]
+    for _ in range(20):
+        mid = [(g + b) / 2 for g, b in zip(good, bad)]
+        c, s = np.cos(mid).tolist(), np.sin(mid).tolist()
+        # One C-ordered Rᵀ per end: the corners come out bit-equal to the per-angle rect @ R.T.
+        pts = (rect @ np.array([[[ci, si], [-si, ci]] for ci, si in zip(c, s)]) + centre).tolist()
+        for i, corners in enumerate(pts):
+            if _crop_ok(corners, box, cfg.min_overlap):
+                good[i] = mid[i]
+            else:
+                bad[i] = mid[i]
+    return good[1], good[0]
 
 
 def sample_view(sample: dict, rng: np.random.Generator, cfg: AugmentConfig = AugmentConfig()) -> View:
@@ -283,16 +292,27 @@ def warp_image(image: np.ndarray, src_intrinsics: np.ndarray, view: View) -> np.
                                borderMode=cv2.BORDER_CONSTANT, borderValue=0)
 
 
-def _rotate_hands(x: np.ndarray, r: np.ndarray, delta: bool) -> np.ndarray:
-    """Positions R·t; rotations R·Rot·M (absolute) or R·ΔR·Rᵀ (delta); M = the flip part of R."""
+def _rotate_positions(x: np.ndarray, r: np.ndarray) -> np.ndarray:
+    """A float64 copy of states or actions `x` (..., 102) with each hand's position t replaced by R·t."""
     out = np.array(x, np.float64)
-    m = _FLIP if np.linalg.det(r) < 0 else np.eye(3)
     for hand in layout.HANDS:
-        tr, rot = layout.hand_part(hand, layout.TRANS), layout.hand_part(hand, layout.ROT)
+        tr = layout.hand_part(hand, layout.TRANS)
         out[..., tr] = out[..., tr] @ r.T
-        mats = rotations.euler_to_matrix(out[..., rot])
-        out[..., rot] = rotations.matrix_to_euler(r @ mats @ (r.T if delta else m))
     return out
+
+
+def _rotate_hands(state: np.ndarray, actions: np.ndarray, r: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """State (102,) and actions (N, 102) seen by R: positions R·t; absolute rotations R·Rot·M (state), delta
+    rotations R·ΔR·Rᵀ (actions); M = the flip part of R. All Euler angles convert in one call each way."""
+    state, actions = _rotate_positions(state, r), _rotate_positions(actions, r)
+    m = _FLIP if np.linalg.det(r) < 0 else np.eye(3)
+    rots = [layout.hand_part(hand, layout.ROT) for hand in layout.HANDS]
+    rows = np.concatenate([state[None], actions])
+    mats = rotations.euler_to_matrix(np.stack([rows[:, rot] for rot in rots]))  # (hand, 1 + N, 3, 3)
+    euler = rotations.matrix_to_euler(np.concatenate([r @ mats[:, :1] @ m, r @ mats[:, 1:] @ r.T], axis=1))
+    for i, rot in enumerate(rots):
+        state[rot], actions[:, rot] = euler[i, 0], euler[i, 1:]
+    return state, actions
 
 
 def _flip_texts(sample: dict) -> dict:
@@ -311,8 +331,7 @@ def apply_view(sample: dict, view: View) -> dict:
     k_src = np.asarray(sample["intrinsics"], np.float64)
     r = view.rotation
     masks = {k: np.asarray(sample[k], np.float32) for k in ("state_mask", "action_mask")}
-    state = _rotate_hands(sample["state"], r, delta=False)
-    actions = _rotate_hands(sample["actions"], r, delta=True)
+    state, actions = _rotate_hands(sample["state"], sample["actions"], r)
     out = dict(sample)
     if view.flip:
         state, actions = layout.swap_hands(state), layout.swap_hands(actions)

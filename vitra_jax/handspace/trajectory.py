@@ -62,6 +62,12 @@ def sanitize_untracked(track: HandTrack) -> HandTrack:
     )
 
 
+def _take(track: HandTrack, frames: np.ndarray) -> HandTrack:
+    """The frames `frames` of `track`."""
+    return HandTrack(wrist=track.wrist[frames], orient=track.orient[frames], hand_pose=track.hand_pose[frames],
+                     joints=track.joints[frames], kept=track.kept[frames], beta=track.beta)
+
+
 def _in_camera(track: HandTrack, frames: np.ndarray, w2c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Wrist position (M, 3) and orientation (M, 3, 3) of `frames` in the cameras w2c (M, 4, 4)."""
     r, t = split_extrinsics(w2c)
@@ -70,25 +76,42 @@ def _in_camera(track: HandTrack, frames: np.ndarray, w2c: np.ndarray) -> tuple[n
     return pos, rot
 
 
-def _fingers(track: HandTrack, frames: np.ndarray) -> np.ndarray:
-    return rotations.matrix_to_euler(track.hand_pose[frames]).reshape(len(frames), 45)
-
-
-def _hand_targets(track: HandTrack, w2c: np.ndarray, cur: np.ndarray, nxt: np.ndarray, nxt_ok: np.ndarray):
-    """Per-hand 51-d states at `cur` and actions cur→nxt, all in cameras w2c (M, 4, 4)."""
-    track = sanitize_untracked(track)
+def _hand_rotations(track: HandTrack, w2c: np.ndarray, cur: np.ndarray, nxt: np.ndarray):
+    """Positions at `cur` and `nxt` (M, 3) and the matrices to convert to Euler angles: orientations at `cur`
+    (M, 3, 3), deltas cur→nxt (M, 3, 3) and the finger poses of every frame of `track` (F·15, 3, 3)."""
     p0, r0 = _in_camera(track, cur, w2c)
     p1, r1 = _in_camera(track, nxt, w2c)
-    state = np.concatenate([p0, rotations.matrix_to_euler(r0), _fingers(track, cur)], axis=-1)
-    delta = rotations.matrix_to_euler(rotations.relative_rotation(r0, r1))
-    action = np.concatenate([p1 - p0, delta, _fingers(track, nxt)], axis=-1)
+    fingers = np.asarray(track.hand_pose).reshape(-1, 3, 3)
+    return p0, p1, [r0, rotations.relative_rotation(r0, r1), fingers]
+
+
+def _euler_all(mats: list[np.ndarray]) -> list[np.ndarray]:
+    """`matrix_to_euler` of each (M_i, 3, 3) array, in one call (scipy's per-call cost dominates)."""
+    eul = rotations.matrix_to_euler(np.concatenate(mats))
+    return np.split(eul, np.cumsum([len(m) for m in mats])[:-1])
+
+
+def _hand_targets(track: HandTrack, p0: np.ndarray, p1: np.ndarray, euler: list[np.ndarray], cur: np.ndarray,
+                  nxt: np.ndarray, nxt_ok: np.ndarray):
+    """Per-hand 51-d states at `cur` and actions cur→nxt from `_hand_rotations`' positions and Euler angles."""
+    rot, delta, fingers = euler
+    fingers = fingers.reshape(len(track), 45)
+    state = np.concatenate([p0, rot, fingers[cur]], axis=-1)
+    action = np.concatenate([p1 - p0, delta, fingers[nxt]], axis=-1)
     state_ok = track.kept[cur].astype(bool)
     action_ok = state_ok & track.kept[nxt].astype(bool) & nxt_ok
     return state * state_ok[:, None], state_ok, action * action_ok[:, None], action_ok
 
 
 def _assemble(hands: dict[str, HandTrack], w2c, cur, nxt, nxt_ok: dict[str, np.ndarray]) -> Targets:
-    parts = [_hand_targets(hands[h], w2c, cur, nxt, nxt_ok[h]) for h in layout.HANDS]
+    # Only the frames of cur ∪ nxt are sanitized, and their fingers converted once for both uses.
+    frames, inv = np.unique(np.concatenate([cur, nxt]), return_inverse=True)
+    cur, nxt = inv[: len(cur)], inv[len(cur):]
+    tracks = [sanitize_untracked(_take(hands[h], frames)) for h in layout.HANDS]
+    poses = [_hand_rotations(tr, w2c, cur, nxt) for tr in tracks]
+    euler = _euler_all([m for _, _, mats in poses for m in mats])
+    parts = [_hand_targets(tr, p0, p1, euler[3 * i: 3 * i + 3], cur, nxt, nxt_ok[h])
+             for i, (h, tr, (p0, p1, _)) in enumerate(zip(layout.HANDS, tracks, poses))]
     return Targets(
         state=np.concatenate([p[0] for p in parts], -1),
         state_mask=np.stack([p[1] for p in parts], -1),
