@@ -154,14 +154,22 @@ FULL_MODES = {"eager": (False, False), "cuda_graphs": (False, True), "compile": 
               "compile_cuda_graphs": (True, True)}
 
 
+def check_modes(modes: Iterable[str]) -> set[str]:
+    """`modes` as a set; ValueError when empty or naming a mode not in FULL_MODES."""
+    modes, known = set(modes), list(FULL_MODES)
+    if not modes:
+        raise ValueError(f"none given; use some of {known}")
+    if modes - set(known):
+        raise ValueError(f"unknown {sorted(modes - set(known))}; use some of {known}")
+    return modes
+
+
 def full_rows(repeats: int, warmup: int, steps: int, cfg_scale: float, device: str = "cuda",
               modes: Iterable[str] = tuple(FULL_MODES), variant: str = "3b") -> Iterator[str | tuple]:
     """The header line, then one row (name, median ms, p95 ms, peak GiB) per mode as it is measured, of the
     `variant` torch policy in bf16 on `device` (CUDA: `modes`, run in FULL_MODES order; CPU: eager only, peak
     memory not measured)."""
-    modes = set(modes)
-    if modes - set(FULL_MODES) or not modes:
-        raise ValueError(f"modes must be some of {list(FULL_MODES)}, got {sorted(modes)}")
+    modes = check_modes(modes)
     os.environ.setdefault("JAX_PLATFORMS", "cpu")  # only config dataclasses come from the JAX side
     import torch
 
@@ -279,10 +287,10 @@ def host_rows(repeats: int, warmup: int) -> tuple[list[tuple], str]:
                                                                warmup, repeats)),
                      (f"image {mode}, 4 in threads", *latency_ms(
                          lambda m=mode: prepare_images(frames, 224, m, pool), warmup, repeats))]
-    chunk = rng.normal(size=(1, 16, 102))
-    rows.append(("actions + trajectory", *latency_ms(
-        lambda: action_outputs(GaussianNormalizer.identity(), chunk, np.ones((16, 102)), np.zeros(102)),
-        warmup, repeats)))
+    chunk, norm = rng.normal(size=(1, 16, 102)), GaussianNormalizer.identity()
+    mask, state = np.ones((16, 102)), np.zeros(102)
+    rows.append(("actions + trajectory", *latency_ms(lambda: action_outputs(norm, chunk, mask, state), warmup,
+                                                      repeats)))
     return rows, f"host-side work of one predict_batch: 480 x 640 frames -> 224, {IMAGE_THREADS} image threads"
 
 
@@ -304,9 +312,10 @@ def main(_):
     if _FULL.value:
         import torch
 
-        if set(_MODES.value) - set(FULL_MODES):
-            raise app.UsageError(f"--modes: unknown {sorted(set(_MODES.value) - set(FULL_MODES))}; use some of "
-                                 f"{list(FULL_MODES)}")
+        try:
+            check_modes(_MODES.value)
+        except ValueError as e:
+            raise app.UsageError(f"--modes: {e}") from None
         if _FULL_DEVICE.value.startswith("cuda") and not torch.cuda.is_available():
             raise SystemExit("--full needs a CUDA GPU (it runs the 3B policy in bf16); this machine has none. "
                              "Run without --full for the tiny CPU comparison.")

@@ -136,7 +136,6 @@ class DeployedPolicy:
                              f"got {np.shape(step_noise)}")
         return opts
 
-
     def _draw(self, obs: dict, opts: dict) -> tuple[torch.Tensor, torch.Tensor | None]:
         """x_T (S, N, A) and, for DDPM, the per-step noise (T, S, N, A); drawn on the CPU so a seed means the
         same noise on every device."""
