@@ -15,7 +15,9 @@ q/k norm (timm 0.9.10); init from
 paligemma2-3b-mix-224, cognition token from embedding row 10; data: the VITRA-1M `magic_mix` with
 trajectory-aware augmentation.
 Hardware: 8×H100 80GB (one host; `mesh.fsdp` = devices per host), or a TPU v5p-16 / v4-32 slice
-(`--config.mesh.fsdp=-1 --config.mesh.data=1`). Time: the paper reports about two days on
+(`--config.mesh.fsdp=-1 --config.mesh.data=1`). On 80 GB GPUs, `--config.grad_accum=2
+--config.model.remat_policy=dots_with_no_batch_dims_saveable` takes the same objective with 0.5 % instead of
+31 % recomputation (docs/training.md). Time: the paper reports about two days on
 8×H100 for 1–2 epochs (100k steps × 512 ≈ 51M samples ≈ 1.9 epochs of the mix). Expected loss: ~1.0 at
 start, falling below ~0.3 (the release does not publish a curve).
 """

@@ -98,14 +98,23 @@ def init_state(policy: policy_lib.VitraPolicy, tx: optax.GradientTransformation,
     return jax.jit(finish, out_shardings=shardings)(params, k_train)
 
 
+def split_micro_batches(x: jax.Array, accum: int) -> jax.Array:
+    """(B, ...) -> (accum, B / accum, ...) where micro-batch i holds rows i, i + accum, i + 2·accum, ….
+
+    Strided rather than contiguous: a batch sharded in row blocks over devices keeps every micro-batch spread
+    over all of them, so splitting moves no rows between devices.
+    """
+    return x.reshape(x.shape[0] // accum, accum, *x.shape[1:]).swapaxes(0, 1)
+
+
 def make_train_step(policy: policy_lib.VitraPolicy, tx: optax.GradientTransformation,
                     config: ml_collections.ConfigDict, labels: Any) -> Callable:
     """`step(state, batch) -> (state, metrics)`; `labels` are the parameter groups (`optim.param_labels`)."""
     lrs = optim.learning_rates(config.optim)
     accum, decay = config.grad_accum, config.optim.ema_decay
 
-    def loss_fn(params, batch, rng):
-        return policy.loss(optim.stop_frozen(params, labels), batch, rng)
+    def loss_fn(params, batch, rng, counts=None):
+        return policy.loss(optim.stop_frozen(params, labels), batch, rng, counts)
 
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
@@ -113,17 +122,17 @@ def make_train_step(policy: policy_lib.VitraPolicy, tx: optax.GradientTransforma
         rng = jax.random.fold_in(state.rng, state.step)
         if accum == 1:
             (loss, parts), grads = grad_fn(state.params, batch, rng)
-        else:  # micro-batches in a scan; the mean of their gradients
-            micro = jax.tree.map(lambda x: x.reshape(accum, -1, *x.shape[1:]), batch)
+        else:  # micro-batches in a scan, normalised by the whole batch's counts: their sum is its loss
+            counts = policy.loss_counts(batch)
+            micro = jax.tree.map(lambda x: split_micro_batches(x, accum), batch)
 
             def body(carry, xs):
                 i, mb = xs
-                (l, p), g = grad_fn(state.params, mb, jax.random.fold_in(rng, i))
+                (l, p), g = grad_fn(state.params, mb, jax.random.fold_in(rng, i), counts)
                 return jax.tree.map(jnp.add, carry, (l, p, g)), None
-            (l0, p0), g0 = jax.eval_shape(grad_fn, state.params, jax.tree.map(lambda x: x[0], micro), rng)
+            (l0, p0), g0 = jax.eval_shape(grad_fn, state.params, jax.tree.map(lambda x: x[0], micro), rng, counts)
             zero = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), (l0, p0, g0))
             (loss, parts, grads), _ = jax.lax.scan(body, zero, (jnp.arange(accum), micro))
-            loss, parts, grads = jax.tree.map(lambda x: x / accum, (loss, parts, grads))
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         ema = state.ema_params

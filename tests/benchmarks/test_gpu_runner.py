@@ -86,10 +86,11 @@ def test_dry_run_of_the_gpu_plan_runs_every_step(tmp_path):
     assert rows == {s.name: "ok" for s in gpu.plan(dry_run=True)}, report
     logs = {name: (tmp_path / "o" / f"{name}.log").read_text() for name in rows}
     assert "jax devices" in logs["environment"]
-    for name in ("train_step_b64", "train_step_b32_dots"):
+    for name in ("train_step_b64", "train_step_b64_accum2_dots"):
         assert re.search(r"^step time \(median\)\s+\| [\d.]+ ms", logs[name], re.M), logs[name]
-    assert re.search(r"^remat \(VLM layers\) / model constraints\s+\| dots_with_no_batch_dims_saveable",
-                     logs["train_step_b32_dots"], re.M)
+    dots = logs["train_step_b64_accum2_dots"]
+    assert re.search(r"^remat \(VLM layers\) / model constraints\s+\| dots_with_no_batch_dims_saveable", dots, re.M)
+    assert re.search(r"^micro-batches per step \(grad_accum\)\s+\| 2$", dots, re.M)
     # the 3B bundle's code path with the tiny policy: on a CPU only its eager row runs
     assert re.search(r"^eager\s+[\d.]+\s+[\d.]+\s+nan$", logs["deploy_eager_graphs"], re.M)
     assert "variant=tiny dtype=bfloat16" in logs["deploy_compile"]
@@ -97,4 +98,4 @@ def test_dry_run_of_the_gpu_plan_runs_every_step(tmp_path):
     real = {s.name: s for s in gpu.plan(dry_run=False)}
     assert real.keys() == rows.keys()
     assert "--modes=eager,cuda_graphs" in real["deploy_eager_graphs"].argv
-    assert real["train_step_b32_dots"].min_gpu_gib == 120
+    assert real["train_step_b64_accum2_dots"].min_gpu_gib == 120

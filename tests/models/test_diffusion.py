@@ -81,3 +81,25 @@ def test_masked_component_loss_weights_and_mask():
     pred2 = np.where(mask > 0, pred, 1e3)
     total2, _ = diffusion.masked_component_loss(jnp.asarray(pred2), jnp.asarray(eps), jnp.asarray(mask), weights)
     assert float(total2) == float(total)
+
+
+def test_parts_normalised_by_the_whole_batch_counts_add_up_to_the_whole_batch_loss():
+    rng = np.random.default_rng(2)
+    pred, eps = rng.normal(size=(2, 4, 16, 102)).astype(np.float32)
+    pred[1] *= 3  # the rows' errors differ, so own-count normalisation would weigh them wrongly
+    mask = np.ones((4, 16, 102), np.float32)
+    mask[0, :, :51] = 0
+    mask[1, 4:] = 0
+    mask[3, 9:, 51:] = 0
+    weights = layout.ROBOT_LOSS_WEIGHTS
+    whole = _reference_loss(pred, eps, mask, weights)
+    counts = diffusion.component_counts(jnp.asarray(mask))
+    halves = [np.r_[0, 2], np.r_[1, 3]]
+    shares = [diffusion.masked_component_loss(jnp.asarray(pred[h]), jnp.asarray(eps[h]), jnp.asarray(mask[h]),
+                                              weights, counts) for h in halves]
+    np.testing.assert_allclose(sum(float(t) for t, _ in shares), whole, rtol=1e-5)
+    _, parts = diffusion.masked_component_loss(jnp.asarray(pred), jnp.asarray(eps), jnp.asarray(mask), weights)
+    for name in parts:
+        np.testing.assert_allclose(sum(float(p[name]) for _, p in shares), float(parts[name]), rtol=1e-5)
+    own = np.mean([_reference_loss(pred[h], eps[h], mask[h], weights) for h in halves])
+    assert abs(own - whole) > 0.05 * whole

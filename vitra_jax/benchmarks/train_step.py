@@ -1,13 +1,13 @@
 """The full 3B VITRA train step compiled for a target mesh from `ShapeDtypeStruct`s (no weights needed), and
 timed with real arrays on a GPU.
 
-    python -m vitra_jax.benchmarks.train_step [--mesh=1,8] [--batch=64] [--remat=nothing_saveable]
+    python -m vitra_jax.benchmarks.train_step [--mesh=1,8] [--batch=64] [--grad_accum=1] [--remat=nothing_saveable]
         [--shard_axes=data,fsdp] [--devices=8] [--steps=10] [--noconstraints] [--hlo_out=step.hlo.txt]
 
 The step is exactly the trainer's (`train.make_train_step` over `optim.make_optimizer` of the pretraining
 recipe in `configs/base.py`: bf16 VLM compute with fp32 params, fp32 DiT, SigLIP frozen, AdamW, 8 noise draws
-per VLM pass), jitted with the state's NamedShardings in and out, the batch over all devices and the state
-donated. On CPU, `--devices` fakes that many XLA devices. Prints one table:
+per VLM pass; `--grad_accum` micro-batches per step), jitted with the state's NamedShardings in and out, the
+batch over all devices and the state donated. On CPU, `--devices` fakes that many XLA devices. Prints one table:
 - state bytes per device (params + optimizer state), next to total / number of shards;
 - the compiled memory analysis (arguments, outputs, temporaries) per device;
 - the collectives in the compiled HLO, by kind and by direction (forward / backward op names); a scan body
@@ -34,6 +34,7 @@ from absl import app, flags
 
 _MESH = flags.DEFINE_string("mesh", "1,8", "data,fsdp mesh sizes (-1 = all remaining devices).")
 _BATCH = flags.DEFINE_integer("batch", 64, "Global batch size.")
+_ACCUM = flags.DEFINE_integer("grad_accum", 1, "Micro-batches per step (gradient accumulation).")
 _REMAT = flags.DEFINE_string("remat", "nothing_saveable", "VLM layer remat: 'none' or a jax.checkpoint_policies name.")
 _SHARD_AXES = flags.DEFINE_string("shard_axes", "data,fsdp", "Mesh axes large params are sharded over.")
 _DEVICES = flags.DEFINE_integer("devices", 8, "Fake CPU device count (CPU only; 0 = the real devices).")
@@ -71,12 +72,14 @@ def collectives(hlo_text: str) -> dict[tuple[str, str], list[int]]:
     return dict(out)
 
 
-def _config(mesh: tuple[int, int], shard_axes: tuple[str, ...], batch: int, remat: str, variant: str):
+def _config(mesh: tuple[int, int], shard_axes: tuple[str, ...], batch: int, remat: str, variant: str,
+            grad_accum: int = 1):
     from configs.base import base_config
 
     c = base_config()
     c.num_steps = 1000
     c.batch_size = batch
+    c.grad_accum = grad_accum
     c.model.variant = variant
     c.model.remat_policy = remat
     c.optim.decay_steps = c.num_steps
@@ -98,7 +101,8 @@ def main(_):
     if len(mesh_shape) != 2:
         raise app.UsageError(f"--mesh must be 'data,fsdp', got {_MESH.value!r}")
     shard_axes = tuple(_SHARD_AXES.value.split(","))
-    config = _config(mesh_shape, shard_axes, _BATCH.value, _REMAT.value, _VARIANT.value)
+    config = _config(mesh_shape, shard_axes, _BATCH.value, _REMAT.value, _VARIANT.value, _ACCUM.value)
+    train.check_config(config, jax.process_count())
     run = train.create(config)
     mesh, pcfg, shardings = run.mesh, run.policy.cfg, run.shardings
     batch_sh = sharding.batch_sharding(mesh)
@@ -137,6 +141,7 @@ def main(_):
                                 f"(VLM {pcfg.vlm.dtype} compute, DiT {pcfg.dit.dtype})"),
         ("mesh (data, fsdp) / state sharded over", f"{dict(mesh.shape)} / {shard_axes} ({n_shards} shards)"),
         ("global batch × VLM tokens / DiT draws", f"{config.batch_size} × {seq} / {pcfg.repeats}"),
+        ("micro-batches per step (grad_accum)", str(config.grad_accum)),
         ("remat (VLM layers) / model constraints", f"{pcfg.vlm.remat_policy} / {_CONSTRAINTS.value}"),
         ("state total (params + optimizer)", _gib(total)),
         ("state per device / (total / shards)", f"{_gib(per_device)} / {_gib(total / n_shards)} "

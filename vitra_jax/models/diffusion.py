@@ -55,25 +55,33 @@ def q_sample(schedule: Schedule, x0: jax.Array, t: jax.Array, noise: jax.Array) 
     return jnp.sqrt(abar).reshape(shape) * x0 + jnp.sqrt(1 - abar).reshape(shape) * noise
 
 
-def masked_component_loss(eps_pred: jax.Array, eps: jax.Array, mask: jax.Array,
-                          weights: dict[str, float]) -> tuple[jax.Array, dict[str, jax.Array]]:
+def component_counts(mask: jax.Array) -> jax.Array:
+    """(components, 2) per `layout.LOSS_COMPONENTS` entry: valid mask entries over its dims, and valid (b, k)
+    at its first dim. These normalise `masked_component_loss`."""
+    mask = mask.astype(jnp.float32)
+    return jnp.stack([jnp.stack([jnp.sum(mask[..., sl]), jnp.sum(mask[..., sl.start])])
+                      for sl, _ in layout.LOSS_COMPONENTS.values()])
+
+
+def masked_component_loss(eps_pred: jax.Array, eps: jax.Array, mask: jax.Array, weights: dict[str, float],
+                          counts: jax.Array | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Masked MSE per loss component, combined by valid-step counts (official `DiffusionPolicy.loss`).
 
     eps_pred, eps, mask: (B, N, D) with D ≥ 102. loss_c = Σ(ε̂−ε)²·m / Σm over the component's dims, times its
     weight; total = Σ_c loss_c·count_c / Σ_c count_c with count_c = number of valid (b, k) at the component's
     first dim. Returns (total, {component: weighted loss_c}).
+
+    `counts` (`component_counts` of a larger batch this one is a part of) replaces the normalisers: total and
+    parts are then this part's share, linear in its squared errors, and the shares of the parts add up to
+    the larger batch's loss exactly.
     """
-    mask = mask.astype(jnp.float32)
-    sq = jnp.square(eps_pred.astype(jnp.float32) - eps.astype(jnp.float32)) * mask
-    parts, total, count_sum = {}, 0.0, 0.0
-    for name, (sl, kind) in layout.LOSS_COMPONENTS.items():
-        denom = jnp.sum(mask[..., sl])
-        loss_c = weights[kind] * jnp.sum(sq[..., sl]) / jnp.maximum(denom, 1.0)
-        count = jnp.sum(mask[..., sl.start])
-        parts[name] = loss_c
-        total = total + loss_c * count
-        count_sum = count_sum + count
-    return total / jnp.maximum(count_sum, 1.0), parts
+    counts = component_counts(mask) if counts is None else counts
+    sq = jnp.square(eps_pred.astype(jnp.float32) - eps.astype(jnp.float32)) * mask.astype(jnp.float32)
+    parts, total = {}, 0.0
+    for i, (name, (sl, kind)) in enumerate(layout.LOSS_COMPONENTS.items()):
+        parts[name] = weights[kind] * jnp.sum(sq[..., sl]) / jnp.maximum(counts[i, 0], 1.0)
+        total = total + parts[name] * counts[i, 1]
+    return total / jnp.maximum(jnp.sum(counts[:, 1]), 1.0), parts
 
 
 def ddim_step(schedule: Schedule, x: jax.Array, eps: jax.Array, t: jax.Array, t_prev: jax.Array) -> jax.Array:

@@ -142,8 +142,17 @@ class VitraPolicy:
     def _eps(self, params, z, t, x, action_mask, state, state_mask, drop):
         return self.dit.apply({"params": params["action_model"]}, z, t, x, action_mask, state, state_mask, drop)
 
-    def loss(self, params: dict, batch: dict, rng: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
-        """Total diffusion loss and per-component losses; R noise draws reuse one VLM pass."""
+    def loss_counts(self, batch: dict) -> jax.Array:
+        """`diffusion.component_counts` of the loss over `batch` (R noise draws each)."""
+        return diffusion.component_counts(jnp.asarray(batch["action_mask"])) * self.cfg.repeats
+
+    def loss(self, params: dict, batch: dict, rng: jax.Array,
+             counts: jax.Array | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
+        """Total diffusion loss and per-component losses; R noise draws reuse one VLM pass.
+
+        `counts`: `loss_counts` of a larger batch `batch` is a micro-batch of (gradient accumulation); the
+        losses of the micro-batches then add up to the larger batch's loss (`diffusion.masked_component_loss`).
+        """
         cfg, r = self.cfg, self.cfg.repeats
         z = self.cognition(params, batch["images"], batch["tokens"], batch["input_mask"], batch["fov"])
         rep = lambda v: jnp.repeat(jnp.asarray(v), r, axis=0)  # noqa: E731
@@ -156,7 +165,7 @@ class VitraPolicy:
         x_t = diffusion.q_sample(self.schedule, x0, t, eps) * mask
         drop = jax.random.bernoulli(k_drop, cfg.cond_dropout, (z.shape[0],))
         eps_pred = self._eps(params, z, t, x_t, mask, state, state_mask, drop)
-        return diffusion.masked_component_loss(eps_pred, eps, mask, cfg.loss_weights)
+        return diffusion.masked_component_loss(eps_pred, eps, mask, cfg.loss_weights, counts)
 
     def denoise(self, params: dict, z: jax.Array, state, state_mask, action_mask, rng: jax.Array,
                 noise: jax.Array | None = None, num_samples: int = 1, cfg_scale: float = 5.0,
