@@ -259,8 +259,8 @@ def test_deploy_config_round_trips_through_json(timm_pair):
 
 
 def test_compiled_dit_traces_as_one_graph_and_samples_the_same(timm_pair):
-    """`compile_dit` goes through torch.compile with fullgraph=True (a graph break would raise); the eager
-    backend keeps this CPU test fast, inductor itself is what `DeployedPolicy(compile=True)` uses."""
+    """`compile_dit` through torch.compile's default inductor backend (what `DeployedPolicy(compile=True)`
+    uses; C++ kernels on the CPU) with fullgraph=True, so a graph break would raise."""
     model = _fresh(timm_pair)
     keys = list(model.state_dict())
     rng = np.random.default_rng(6)
@@ -270,9 +270,9 @@ def test_compiled_dit_traces_as_one_graph_and_samples_the_same(timm_pair):
     mask = torch.ones(2, 16, 102)
     noise = torch.from_numpy(rng.normal(size=(2, 1, 16, 102)).astype(np.float32))
     want = model.denoise(z, state, ones, mask, noise=noise)
-    model.compile_dit(backend="eager", fullgraph=True)
+    model.compile_dit(fullgraph=True)
     got = model.denoise(z, state, ones, mask, noise=noise)
-    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)  # fused kernels reorder fp32 sums
     assert list(model.state_dict()) == keys  # the compiled wrapper is not a registered submodule
     model.compile_dit(False)
     assert model._dit_step() == model.act_model.net.step

@@ -38,10 +38,10 @@ _WARMUP = flags.DEFINE_integer("warmup", 2, "Untimed calls first (compilation, c
 _STEPS = flags.DEFINE_integer("steps", 10, "DDIM steps.")
 _CFG = flags.DEFINE_float("cfg_scale", 5.0, "Classifier-free guidance scale.")
 _FULL = flags.DEFINE_bool("full", False, "Full-size 3B policy in bf16 on a CUDA GPU instead of the tiny one.")
-_FULL_DEVICE = flags.DEFINE_string("full_device", "cuda", "Device of --full; 'cpu' runs its eager row only (a "
+_FULL_DEVICE = flags.DEFINE_string("full_device", "cuda", "Device of --full; 'cpu' skips the CUDA-graph modes (a "
                                    "check that the 3B path works, slow: tens of seconds per call).")
 _MODES = flags.DEFINE_list("modes", ["eager", "cuda_graphs", "compile", "compile_cuda_graphs"],
-                           "--full on CUDA: the modes to time, in this order (compiling changes the model in "
+                           "--full: the modes to time, in this order (compiling changes the model in "
                            "place, so compiled modes come after the others).")
 _COUNT = flags.DEFINE_bool("count_ops", False, "Count the ops of one predict_action on the meta device instead.")
 _HOST = flags.DEFINE_bool("host", False, "Time the host-side work of one call instead.")
@@ -167,8 +167,8 @@ def check_modes(modes: Iterable[str]) -> set[str]:
 def full_rows(repeats: int, warmup: int, steps: int, cfg_scale: float, device: str = "cuda",
               modes: Iterable[str] = tuple(FULL_MODES), variant: str = "3b") -> Iterator[str | tuple]:
     """The header line, then one row (name, median ms, p95 ms, peak GiB) per mode as it is measured, of the
-    `variant` torch policy in bf16 on `device` (CUDA: `modes`, run in FULL_MODES order; CPU: eager only, peak
-    memory not measured)."""
+    `variant` torch policy in bf16 on `device` (`modes`, run in FULL_MODES order; on a CPU without the CUDA-graph
+    ones, inductor compiling C++ kernels, and peak memory not measured)."""
     modes = check_modes(modes)
     os.environ.setdefault("JAX_PLATFORMS", "cpu")  # only config dataclasses come from the JAX side
     import torch
@@ -206,7 +206,7 @@ def full_rows(repeats: int, warmup: int, steps: int, cfg_scale: float, device: s
     yield (f"device={torch.cuda.get_device_name() if cuda else device} variant={variant} dtype=bfloat16 "
            f"params={size} ddim_steps={steps} cfg_scale={cfg_scale} random weights")
     for name, (compile_, graphs) in FULL_MODES.items():
-        if name not in modes or (not cuda and name != "eager"):
+        if name not in modes or (not cuda and graphs):
             continue
         sync()
         if cuda:

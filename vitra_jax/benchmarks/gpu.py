@@ -15,8 +15,8 @@ than its floor is left):
    products (0.5% recompute instead of 31%; the option docs/training.md gives for 80 GB GPUs).
 Each step's output goes to OUT/<step>.log as it runs, so a step killed at its deadline keeps the rows it had
 printed; OUT/report.md (also printed) lists every step's status and wall time and the end of its log.
-`--dry_run` runs the same steps with tiny models on the CPU (what the tests do; there the torch policy runs
-eager only, so the compile step prints no row).
+`--dry_run` runs the same steps with tiny models on the CPU (what the tests do; there the torch policy skips
+the CUDA-graph modes and torch.compile's inductor builds C++ kernels instead of Triton ones).
 """
 
 from __future__ import annotations
