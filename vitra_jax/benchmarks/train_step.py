@@ -73,7 +73,7 @@ def collectives(hlo_text: str) -> dict[tuple[str, str], list[int]]:
 
 
 def _config(mesh: tuple[int, int], shard_axes: tuple[str, ...], batch: int, remat: str, variant: str,
-            grad_accum: int = 1):
+            grad_accum: int):
     from configs.base import base_config
 
     c = base_config()
