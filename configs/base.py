@@ -11,6 +11,18 @@ import ml_collections
 from ml_collections import config_dict
 
 
+def recipe_args(arg: str | None, keys: tuple[str, ...], usage: str) -> dict[str, str]:
+    """`key=value,...` after `file.py:` on the command line; any key outside `keys` or an empty value fails
+    with `usage`."""
+    out = {}
+    for part in filter(None, (arg or "").split(",")):
+        key, _, value = part.partition("=")
+        if key not in keys or not value:
+            raise ValueError(f"{usage}, got {arg!r}")
+        out[key] = value
+    return out
+
+
 def model_config() -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict({
         "variant": "3b",               # 'tiny' (tests) or '3b' (PaliGemma-2 3B-224 + DiT-B)
@@ -20,6 +32,7 @@ def model_config() -> ml_collections.ConfigDict:
         "remat_policy": "nothing_saveable",  # VLM layers: 'none' or a jax.checkpoint_policies name
         "dit_remat": False,
         "repeats": 8,                  # noise draws per VLM pass (8 pretraining, 2 robot fine-tuning)
+        "loss_type": "human",          # component weights: 'human' (all 1) or 'robot' (wrist 1.6, fingers 0.4)
         "freeze_vision": True,         # SigLIP frozen, as the release
         "qk_norm": "rms",              # DiT q/k norm: 'timm_0_9_10' for official checkpoints (models/dit.py)
     })

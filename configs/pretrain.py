@@ -22,23 +22,13 @@ Hardware: 8×H100 80GB (one host; `mesh.fsdp` = devices per host), or a TPU v5p-
 start, falling below ~0.3 (the release does not publish a curve).
 """
 
-from configs.base import base_config
+from configs.base import base_config, recipe_args
 from vitra_jax.data import oxe
 from vitra_jax.data.config import component, data_config, vitra1m_components
 
 
-def _args(arg: str | None) -> dict[str, str]:
-    out = {}
-    for part in filter(None, (arg or "").split(",")):
-        key, _, value = part.partition("=")
-        if key not in ("frames", "oxe") or not value:
-            raise ValueError(f"configs/pretrain.py takes 'frames=DIR[,oxe=DIR]', got {arg!r}")
-        out[key] = value
-    return out
-
-
 def get_config(arg: str | None = None):
-    args = _args(arg)
+    args = recipe_args(arg, ("frames", "oxe"), "configs/pretrain.py takes 'frames=DIR[,oxe=DIR]'")
     c = base_config()
     c.num_steps = 100_000
     c.model.variant = "3b"

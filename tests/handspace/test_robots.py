@@ -58,6 +58,21 @@ def test_xhand_to_human_matches_the_release_loop_and_masks_unmapped_dims():
     assert not human[~mask].any()
 
 
+def test_xhand_hand_pose_sets_one_euler_angle_per_joint_as_the_release_table():
+    from scipy.spatial.transform import Rotation
+
+    joints = np.random.default_rng(3).uniform(-0.8, 1.2, size=(4, 12))
+    pose = robots.xhand_hand_pose(joints)
+    assert pose.shape == (4, 15, 3, 3)
+    angles = Rotation.from_matrix(pose.reshape(-1, 3, 3)).as_euler("xyz").reshape(4, 45)
+    for i in range(4):
+        robot = np.zeros(36)
+        robot[24:36] = joints[i]  # the right hand's 12 joints
+        np.testing.assert_allclose(angles[i], _release_xhand_to_human(robot)[57:102], atol=1e-12)
+    with pytest.raises(ValueError, match="last axis of 12"):
+        robots.xhand_hand_pose(np.zeros((2, 11)))
+
+
 def test_round_trips():
     rng = np.random.default_rng(2)
     robot = rng.normal(size=(5, 36))

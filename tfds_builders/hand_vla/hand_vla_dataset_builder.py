@@ -3,6 +3,7 @@
     tfds build tfds_builders/hand_vla --config=demo --data_dir=DIR [--file_format=array_record]
     tfds build tfds_builders/hand_vla --config=vitra1m --manual_dir=RAW --data_dir=DIR
     tfds build tfds_builders/hand_vla --config=episodes --manual_dir=EPISODES --data_dir=DIR
+    tfds build tfds_builders/hand_vla --config=teledata --manual_dir=TELEDATA --data_dir=DIR
     tfds build tfds_builders/hand_vla --manual_dir=RAW --data_dir=DIR \
         --config='{"name": "vitra1m_448", "source": "vitra1m", "short_side": 448}'
     tfds build tfds_builders/hand_vla --config=vitra1m --manual_dir=RAW --data_dir=DIR \
@@ -31,11 +32,11 @@ import tensorflow_datasets as tfds
 from absl import logging
 
 # Absolute imports: Beam workers in other processes must be able to import what they unpickle.
-from tfds_builders.hand_vla import demo, features, sources, splits
+from tfds_builders.hand_vla import demo, features, sources, splits, teledata
 from vitra_jax.handspace.episode import EpisodeError
 
 
-SOURCES = ("demo", "vitra1m", "episodes")
+SOURCES = ("demo", "vitra1m", "episodes", "teledata")
 
 
 @dataclasses.dataclass
@@ -76,11 +77,14 @@ class Builder(tfds.core.GeneratorBasedBuilder):
                       description="Released VITRA-1M annotations + original videos, short side 224."),
         HandVlaConfig(name="episodes", source="episodes",
                       description="Episode files written by the labeling pipeline, short side 224."),
+        HandVlaConfig(name="teledata", source="teledata",
+                      description="VITRA-TeleData XHand robot episodes (.h5 + .mp4), short side 224."),
     ]
     MANUAL_DOWNLOAD_INSTRUCTIONS = (
         "vitra1m: manual_dir holds {dataset}/episodic_annotations/*.npy and "
         "{dataset}/videos/{video_name}.mp4. "
-        "episodes: manual_dir holds {stem}.npz + {stem}.json episode files (any depth)."
+        "episodes: manual_dir holds {stem}.npz + {stem}.json episode files (any depth). "
+        "teledata: manual_dir holds VITRA-TeleData {id}.h5 + {id}.mp4 pairs (any depth)."
     )
 
     def __init__(self, **kwargs):
@@ -121,6 +125,9 @@ class Builder(tfds.core.GeneratorBasedBuilder):
                         f"undistort is on but {missing} have no intrinsics/ folder, so their raw videos cannot be "
                         "undistorted; add the release's intrinsics/, build them without undistort, or set "
                         "require_intrinsics false to use their videos as they are")
+            elif cfg.source == "teledata":
+                items = teledata.list_teledata(manual)
+                groups = [teledata.teledata_group(i) for i in items]
             else:
                 items = sources.list_episode_files(manual)
                 groups = [self._group_or_skip(sources.episode_file_group, i) for i in items]

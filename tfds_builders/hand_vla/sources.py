@@ -1,6 +1,7 @@
 """Input readers of the builder configs: each lists work items and loads one into (Episode, frames).
 
 - `episodes`: files written by `vitra_jax.handspace.episode.write_episode`, anywhere under manual_dir.
+- `teledata`: the release's robot fine-tuning data, `{id}.h5` + `{id}.mp4` anywhere under manual_dir (teledata.py).
 - `vitra1m`:  the released VITRA-1M layout under manual_dir:
       {dataset}/episodic_annotations/*.npy     pickled episode dicts (loaded without arbitrary pickles)
       {dataset}/videos/{video_name}.{mp4,webm,mkv,MP4}   the original (undistorted) videos, or
@@ -32,7 +33,7 @@ import cv2
 import numpy as np
 from absl import logging
 
-from tfds_builders.hand_vla import demo, examples, splits, video
+from tfds_builders.hand_vla import demo, examples, splits, teledata, video
 from vitra_jax.handspace import episode as episode_lib
 from vitra_jax.handspace import geometry, omnidir
 
@@ -214,6 +215,9 @@ def load(spec: LoadSpec, job: tuple[int, str]) -> tuple[str, dict | episode_lib.
     try:
         if spec.source == "demo":
             ep, frames = demo.demo_episode(int(item), spec.seed)
+        elif spec.source == "teledata":
+            with input_errors(item):
+                ep, frames = teledata.load_teledata(item, spec.short_side)
         elif spec.source == "vitra1m":
             ep, frames = load_vitra1m(item, spec.short_side, spec.clip_len, spec.undistort,
                                       spec.require_intrinsics)

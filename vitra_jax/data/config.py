@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import ml_collections
+from ml_collections import config_dict
 
 from vitra_jax.data import mixture
 
@@ -72,5 +73,6 @@ def data_config(**overrides: Any) -> ml_collections.ConfigDict:
     for key, value in overrides.items():
         if key not in c:
             raise KeyError(f"unknown data config field {key!r}; known: {sorted(c.keys())}")
-        c[key] = value
+        # None marks a required field; a typed placeholder keeps it settable with --config.data.<key>=...
+        c[key] = config_dict.placeholder(type(c[key])) if value is None else value
     return c

@@ -7,9 +7,12 @@ angles). The table is the same for both hands: left finger poses are stored in r
 The release's robot vector per hand is 18-d `[wrist position (3) | wrist Euler xyz (3) | 12 joints]`, laid out
 `[left 0:18 | right 18:36]`; its wrist 6 dims are copied to and from the human wrist slots unchanged.
 
-Deliberate difference from the release: there, robot samples mark all 51 dims of a tracked hand as valid, so
-the 33 finger angles XHand cannot express are supervised as zeros; here `xhand_to_human` returns a mask that is
-true only on the 18 dims per hand the robot really provides (unmapped dims are masked, never faked).
+Masks: the release marks all 51 dims of a tracked hand valid in robot samples, so the 33 finger angles XHand
+cannot express are supervised as zeros; robot episodes built here (`xhand_hand_pose`, the hand_vla `teledata`
+source) do the same. That choice is forced: the loss counts a component's valid steps at its first dim
+(`models/diffusion.py`), and the fingers' first dim (index1, Euler x) is one XHand does not drive, so masking
+the unmapped dims would silence the finger loss altogether. `mapped_mask` and the mask `xhand_to_human` returns
+say which dims the robot really provides (for analysis and metrics, not for training masks).
 
 Facts the release does not give, left open here rather than guessed:
 - no scale, offset or joint-limit clipping is applied (the table has a sign only); a robot driver clips to the
@@ -110,6 +113,18 @@ def xhand_to_human(robot: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         human[..., layout.hand_part(h, layout.WRIST)] = block[..., :6]
         human[..., human_dims(h)] = block[..., 6:] * SIGNS
     return human, np.broadcast_to(mapped_mask(), human.shape).copy()
+
+
+def xhand_hand_pose(joints: np.ndarray) -> np.ndarray:
+    """XHand joint angles (..., 12) of one hand -> its 15 MANO finger rotations (..., 15, 3, 3), right-hand form.
+
+    Each mapped angle sets one Euler xyz component of its MANO joint (`XHAND_MAPPING`); the other components are
+    zero, so unmapped joints are identity rotations and reading the pose back gives the angles exactly.
+    """
+    joints = _last_axis(joints, NUM_XHAND_JOINTS, "XHand joint angles")
+    angles = np.zeros(joints.shape[:-1] + (45,))
+    angles[..., FINGER_INDEX] = joints * SIGNS
+    return rotations.euler_to_matrix(angles.reshape(joints.shape[:-1] + (15, 3)))
 
 
 def mount_pose_to_wrist(pose: np.ndarray) -> np.ndarray:

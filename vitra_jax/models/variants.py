@@ -9,19 +9,27 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from vitra_jax.handspace import layout
 from vitra_jax.models.policy import PolicyConfig, policy_config
+
+LOSS_WEIGHTS = {"human": layout.HUMAN_LOSS_WEIGHTS, "robot": layout.ROBOT_LOSS_WEIGHTS}
 
 
 def from_config(model: Any) -> PolicyConfig:
     """`model` has variant ('tiny' | '3b'), image_size and max_text_len (0 = the variant's), dtype (VLM compute),
-    remat_policy, dit_remat, repeats, freeze_vision and qk_norm (the DiT's q/k norm, `dit.QK_NORMS`; configs
-    written before it existed mean "rms"). The DiT always computes in fp32, as the release."""
+    remat_policy, dit_remat, repeats, freeze_vision, qk_norm (the DiT's q/k norm, `dit.QK_NORMS`; configs
+    written before it existed mean "rms") and loss_type (the release's 'human' or 'robot' component weights;
+    absent means 'human'). The DiT always computes in fp32, as the release."""
     cfg = policy_config(model.variant)
     vision = cfg.vlm.vision
     if model.image_size:
         vision = dataclasses.replace(vision, image_size=model.image_size)
     vlm = dataclasses.replace(cfg.vlm, vision=vision, dtype=model.dtype, remat_policy=model.remat_policy)
     dit = dataclasses.replace(cfg.dit, remat=model.dit_remat, qk_norm=model.get("qk_norm", "rms"))
-    return dataclasses.replace(cfg, vlm=vlm, dit=dit,
+    loss_type = model.get("loss_type", "human")
+    if loss_type not in LOSS_WEIGHTS:
+        raise ValueError(f"model.loss_type must be one of {sorted(LOSS_WEIGHTS)}, got {loss_type!r}")
+    weights = LOSS_WEIGHTS[loss_type]
+    return dataclasses.replace(cfg, vlm=vlm, dit=dit, wrist_weight=weights["wrist"], finger_weight=weights["fingers"],
                                repeats=model.repeats, freeze_vision=model.freeze_vision,
                                max_text_len=model.max_text_len or cfg.max_text_len)
