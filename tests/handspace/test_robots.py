@@ -158,6 +158,8 @@ def test_mount_pose_axis_angle_becomes_euler_xyz():
         (lambda: robots.chunk_to_xhand(np.zeros(101), np.zeros((4, 102))), "expected state"),
         (lambda: robots.chunk_to_xhand(np.zeros(102), np.zeros((4, 51))), "expected state"),
         (lambda: robots.mount_pose_to_wrist(np.zeros(7)), "last axis of 6"),
+        (lambda: robots.xhand_observation(np.zeros((2, 36))), r"one robot vector \(36,\)"),
+        (lambda: robots.xhand_observation(np.zeros(36), hands=("right", "thumb")), "unknown hand 'thumb'"),
     ],
 )
 def test_bad_input_is_named(call, message):

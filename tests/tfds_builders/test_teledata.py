@@ -12,6 +12,7 @@ from tests.handspace.test_robots import RELEASE_TABLE
 from tests.tfds_builders import teledata_synthetic as synth
 from tests.tfds_builders.test_hand_vla import VERSION, _build
 from tfds_builders.hand_vla import hand_vla_dataset_builder as hv
+from vitra_jax.handspace import robots
 
 CONFIG = hv.HandVlaConfig(name="teledata_96", source="teledata", short_side=96, val_fraction=0.0)
 
@@ -73,8 +74,9 @@ def test_states_actions_and_masks_follow_the_release_definitions(built):
         meta = episodes[name]["episode_metadata"]
         assert meta["main_hand"].decode() == "right" and meta["camera_motion"].decode() == "static"
         assert meta["source"].decode() == "teledata"
-        text = steps[0]["language_instruction"].decode()
-        assert text == f"Left hand: None. Right hand: {w.instruction}"
+        for s in steps:  # the caption covers the whole episode (half-open interval [0, n))
+            assert s["language_instruction"].decode() == f"Left hand: None. Right hand: {w.instruction}"
+            assert s["language_interval_right"].tolist() == [0, n]
 
 
 def test_frames_in_order_and_intrinsics_keep_the_focal_lengths(built):
@@ -110,3 +112,17 @@ def test_bad_teledata_inputs_are_skipped_by_reason(tmp_path):
                                "no_valid_frames": 1, "unreadable_input": 1}
     (ep,) = tfds.as_numpy(b.as_dataset(split="train"))
     assert pathlib.Path(ep["episode_metadata"]["file_path"].decode()).name == "good.h5"
+
+
+def test_robot_observation_at_deployment_is_what_training_saw(built):
+    written, episodes = built
+    for name, hands in (("right_only", ("right",)), ("two_arms", ("left", "right"))):
+        w, steps = written[name], list(episodes[name]["steps"])
+        for t in (0, 3, 9):
+            # the robot PC's reading in the release's 36-d layout: per hand [position, Euler xyz, 12 joints]
+            robot = np.concatenate([np.concatenate([w.pose[h][t, :3], Rotation.from_rotvec(w.pose[h][t, 3:])
+                                                    .as_euler("xyz"), w.joints[h][t]]) for h in ("left", "right")])
+            obs = robots.xhand_observation(robot, hands)
+            np.testing.assert_allclose(obs["state"], steps[t]["observation"]["state"], atol=2e-5)
+            np.testing.assert_array_equal(obs["state_mask"], np.repeat(steps[t]["observation"]["state_mask"], 51))
+            assert obs["action_mask"].shape == (16, 102) and (obs["action_mask"] == obs["state_mask"]).all()

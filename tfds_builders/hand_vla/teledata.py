@@ -106,7 +106,7 @@ def read_teledata(h5: str) -> episode_lib.Episode:
     ep = episode_lib.Episode(
         video=_find_video(path, video_path), video_name=path.stem, frame_index=np.arange(n),
         extrinsics=np.broadcast_to(np.eye(4), (n, 4, 4)).copy(), intrinsics=k, hands=hands,
-        text={main: [(instruction, (0, n - 1))]}, main_hand=main, fps=fps, camera_motion="static",
+        text={main: [(instruction, (0, n))]}, main_hand=main, fps=fps, camera_motion="static",
         source=SOURCE)
     episode_lib.validate(ep)
     return ep

@@ -127,6 +127,24 @@ def xhand_hand_pose(joints: np.ndarray) -> np.ndarray:
     return rotations.euler_to_matrix(angles.reshape(joints.shape[:-1] + (15, 3)))
 
 
+def xhand_observation(robot: np.ndarray, hands: str | tuple[str, ...] = ("right",),
+                      chunk_len: int = 16) -> dict[str, np.ndarray]:
+    """Policy inputs for the current robot vector (36,) of the hands in `hands`, as training saw robot data
+    (the hand_vla `teledata` source): `state` (102,) with the wrist and the table's 12 angles per hand,
+    `state_mask` (102,) and `action_mask` (chunk_len, 102) true on all 51 dims of each hand in `hands`.
+    (`xhand_to_human`'s narrower mask is not what the model was trained with.)"""
+    hands = (hands,) if isinstance(hands, str) else tuple(hands)
+    robot = _last_axis(robot, ROBOT_DIM, "an XHand robot vector")
+    if robot.ndim != 1:
+        raise ValueError(f"one robot vector (36,) expected, got shape {robot.shape}")
+    tracked = np.array([h in hands for h in layout.HANDS])
+    for h in hands:
+        _hand_index(h)
+    state = xhand_to_human(robot)[0] * np.repeat(tracked, layout.HAND_DIM)
+    mask = layout.expand_hand_mask(tracked)
+    return {"state": state, "state_mask": mask, "action_mask": np.broadcast_to(mask, (chunk_len, mask.size)).copy()}
+
+
 def mount_pose_to_wrist(pose: np.ndarray) -> np.ndarray:
     """TeleData `*_hand_mount_pose_in_cam` (..., 6) `[x, y, z, axis-angle]` -> (..., 6) `[x, y, z, Euler xyz]`."""
     pose = _last_axis(pose, 6, "a mount pose")
