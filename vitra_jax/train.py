@@ -205,6 +205,9 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict
     run = create(config)
     pcfg = run.policy.cfg
     pipeline = loader.make_pipeline(config.data, image_size=pcfg.vlm.image_size, max_text_len=pcfg.max_text_len)
+    if config.val_every and not pipeline.val_sources:
+        raise ValueError(f"val_every is {config.val_every} but no data component has a {config.data.val_split!r} "
+                         "split; set val_every=0 to train without validation")
     policy, tx, mesh, shardings, abstract_state = run.policy, run.tx, run.mesh, run.shardings, run.abstract_state
     abstract_params = abstract_state.params
     batch_sharding = sharding.batch_sharding(mesh)

@@ -86,6 +86,15 @@ def test_tiny_finetune_on_teledata_starts_from_the_checkpoint(tmp_path):
         config.mesh.update(data=2, fsdp=-1, min_shard_size=256)
         config.checkpoint.update(every=3, keep_every=0)
         config.data.update(tokenizer=str(init.tokenizer), num_workers=0)
+    # None of the three episodes hashes into `val` (val_fraction 0.02): validation is refused before any write.
+    assert len(train_names) == 3
+    with config.unlocked():
+        config.val_every = 2
+    with pytest.raises(ValueError, match="no data component has a 'val' split; set val_every=0"):
+        train.train(config, tmp_path / "run")
+    assert not any((tmp_path / "run").iterdir())
+    with config.unlocked():
+        config.val_every = 0
     result = train.train(config, tmp_path / "run")
 
     log = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
