@@ -2,8 +2,9 @@
 
 At every frame of every episode of the validation split, the policy samples action chunks (DDIM +
 classifier-free guidance) which are integrated into wrist paths from the observed state. Printed: the wrist
-error at the last valid chunk step against the ground truth, averaged over every hand with a valid action,
-next to a hand that stays still. Written to the workdir, for frames t in `--pictures`:
+error and the mean absolute finger-angle error (all 45 MANO angles; for an XHand run, `model.loss_type` 'robot',
+the 12 its joints drive) at the last valid chunk step against the ground truth, averaged over every hand with a
+valid action, next to a hand that stays still. Written to the workdir, for frames t in `--pictures`:
 `prediction_ep{e}_t{t}.png` (ground-truth wrist paths green, sampled ones magenta), and `loss.png`
 (the training loss from `metrics.jsonl`). The run's model, data, tokenizer and statistics come from its
 saved config and newest checkpoint.
@@ -26,7 +27,7 @@ from absl import app, flags  # noqa: E402
 from vitra_jax import checkpoint as ckpt_lib  # noqa: E402
 from vitra_jax import inference  # noqa: E402
 from vitra_jax import viz  # noqa: E402
-from vitra_jax.handspace import layout, trajectory  # noqa: E402
+from vitra_jax.handspace import layout, robots, trajectory  # noqa: E402
 from vitra_jax.models import policy as policy_lib  # noqa: E402
 from vitra_jax.models import variants  # noqa: E402
 
@@ -53,6 +54,24 @@ def final_wrist_error(path: np.ndarray, truth: np.ndarray, mask: np.ndarray) -> 
     return errors
 
 
+def final_finger_error(path: np.ndarray, truth: np.ndarray, mask: np.ndarray,
+                       dims: np.ndarray | None = None) -> list[float]:
+    """Mean absolute finger-angle difference (rad, wrapped to [−π, π)) at the last valid step of each valid hand.
+
+    path, truth, mask as in `final_wrist_error`; `dims`: which of a hand's 45 finger angles count (default all;
+    an XHand run counts the 12 its joints drive, `robots.FINGER_INDEX`)."""
+    dims = np.arange(45) if dims is None else np.asarray(dims)
+    errors = []
+    for i, hand in enumerate(layout.HANDS):
+        valid = np.flatnonzero(mask[:, i])
+        if len(valid):
+            k = valid[-1] + 1
+            cols = layout.hand_part(hand, layout.FINGERS).start + dims
+            diff = (path[k, cols] - truth[k, cols] + np.pi) % (2 * np.pi) - np.pi
+            errors.append(float(np.abs(diff).mean()))
+    return errors
+
+
 def load_run(workdir: pathlib.Path):
     """(config, policy, params, pipeline) of a run folder."""
     from vitra_jax.data import loader
@@ -76,7 +95,9 @@ def evaluate(workdir: str | os.PathLike, pictures: tuple[int, ...] = (0, 4, 8), 
     """Figures of the run in `workdir` on its validation split; writes the pictures there."""
     workdir = pathlib.Path(workdir)
     config, policy, params, pipeline = load_run(workdir)
-    model_err, still_err, drawn = [], [], 0
+    xhand = config.model.get("loss_type", "human") == "robot"
+    finger_dims = robots.FINGER_INDEX if xhand else None
+    model_err, still_err, model_finger, still_finger, drawn = [], [], [], [], 0
     for s in pipeline.samples(config.data.val_split):
         if not s["action_mask"].any():
             continue
@@ -88,6 +109,8 @@ def evaluate(workdir: str | os.PathLike, pictures: tuple[int, ...] = (0, 4, 8), 
         model_err += final_wrist_error(pred["trajectory"].mean(0), truth, hand_mask)
         still = np.repeat(s["state"][None].astype(np.float64), len(truth), 0)
         still_err += final_wrist_error(still, truth, hand_mask)
+        model_finger += final_finger_error(pred["trajectory"].mean(0), truth, hand_mask, finger_dims)
+        still_finger += final_finger_error(still, truth, hand_mask, finger_dims)
         if s["t"] not in pictures:
             continue
         img, k = viz.upscale(s["image"], s["intrinsics"], 4)
@@ -102,6 +125,9 @@ def evaluate(workdir: str | os.PathLike, pictures: tuple[int, ...] = (0, 4, 8), 
     losses = [json.loads(line)["loss"] for line in (workdir / "metrics.jsonl").read_text().splitlines()]
     viz.save_rgb(workdir / "loss.png", viz.loss_curve(np.asarray(losses)))
     return {"policy_error_m": float(np.mean(model_err)), "still_error_m": float(np.mean(still_err)),
+            "policy_finger_error_deg": float(np.degrees(np.mean(model_finger))),
+            "still_finger_error_deg": float(np.degrees(np.mean(still_finger))),
+            "finger_angles": "the 12 XHand joints" if xhand else "45 MANO finger angles",
             "evaluated_hands": len(model_err), "pictures": drawn,
             "loss_start": float(np.mean(losses[:20])), "loss_end": float(np.mean(losses[-20:]))}
 
@@ -113,6 +139,8 @@ def report(results: dict) -> str:
         f"{results['loss_end']:.4f} |",
         f"| held-out wrist error at chunk end, policy (mean of samples) | {100 * results['policy_error_m']:.2f} cm |",
         f"| held-out wrist error at chunk end, hand-stays-still baseline | {100 * results['still_error_m']:.2f} cm |",
+        f"| held-out finger-angle error at chunk end ({results['finger_angles']}), policy / baseline | "
+        f"{results['policy_finger_error_deg']:.2f}° / {results['still_finger_error_deg']:.2f}° |",
         f"| hands evaluated / pictures | {results['evaluated_hands']} / {results['pictures']} |",
     ])
 

@@ -3,6 +3,7 @@ with scipy and the release's XHand table, frames and intrinsics, and bad inputs 
 
 import pathlib
 
+import h5py
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
@@ -103,15 +104,20 @@ def test_bad_teledata_inputs_are_skipped_by_reason(tmp_path):
     synth.write_teledata(raw, "no_video")
     (raw / "no_video.mp4").unlink()
     (raw / "not_hdf5.h5").write_bytes(b"this is not an HDF5 file")
+    for stem, frame in (("nan_tracked", 4), ("nan_untracked", 3)):  # NaN counts only where the hand is tracked
+        synth.write_teledata(raw, stem, untracked=[3])
+        with h5py.File(raw / f"{stem}.h5", "r+") as f:
+            f["state/right_hand_mount_pose_in_cam"][frame, 0] = np.nan
     nowhere = synth.write_teledata(raw, "never_tracked", untracked=range(20))
     assert not nowhere.tracked["right"].any()
     lenient = hv.HandVlaConfig(name="teledata_lenient", source="teledata", short_side=64, val_fraction=0.0,
                                max_skip_fraction=1.0)
     b = _build(lenient, tmp_path / "out", raw)
     assert dict(b.skipped) == {"bad_annotation": 1, "length_mismatch": 1, "missing_video": 1,
-                               "no_valid_frames": 1, "unreadable_input": 1}
-    (ep,) = tfds.as_numpy(b.as_dataset(split="train"))
-    assert pathlib.Path(ep["episode_metadata"]["file_path"].decode()).name == "good.h5"
+                               "no_valid_frames": 1, "non_finite": 1, "unreadable_input": 1}
+    kept = {pathlib.Path(ep["episode_metadata"]["file_path"].decode()).name
+            for ep in tfds.as_numpy(b.as_dataset(split="train"))}
+    assert kept == {"good.h5", "nan_untracked.h5"}
 
 
 def test_robot_observation_at_deployment_is_what_training_saw(built):

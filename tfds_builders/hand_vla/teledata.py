@@ -35,7 +35,6 @@ from vitra_jax.handspace import layout, mano, robots, rotations
 from vitra_jax.handspace.trajectory import HandTrack
 
 SOURCE = "teledata"
-JOINTS = robots.NUM_XHAND_JOINTS
 
 
 def list_teledata(manual_dir: Path) -> list[str]:
@@ -72,12 +71,11 @@ def _find_video(h5: Path, video_path: str) -> str:
 
 def _hand(f, hand: str, n: int) -> HandTrack:
     pose = _read(f, f"state/{hand}_hand_mount_pose_in_cam", (n, 6)).astype(np.float64)
-    joints = _read(f, f"state/{hand}_hand_joint", (n, JOINTS)).astype(np.float64)
+    joints = _read(f, f"state/{hand}_hand_joint", (n, robots.NUM_XHAND_JOINTS)).astype(np.float64)
     kept = (bool(_read(f, f"meta/has_{hand}", ())) & _read(f, f"mask/{hand}_arm", (n,)).astype(bool)
             & _read(f, f"mask/{hand}_hand", (n,)).astype(bool))
-    # Missing arms are zero-filled in the files: keep untracked frames well-formed whatever they hold.
-    pose = np.where(kept[:, None] & np.isfinite(pose), pose, 0.0)
-    joints = np.where(kept[:, None] & np.isfinite(joints), joints, 0.0)
+    # Untracked frames become zeros whatever the file holds there; NaN in a tracked one fails validation.
+    pose, joints = np.where(kept[:, None], pose, 0.0), np.where(kept[:, None], joints, 0.0)
     wrist, orient = pose[:, :3], rotations.axis_angle_to_matrix(pose[:, 3:])
     hand_pose = robots.xhand_hand_pose(joints)
     return HandTrack(wrist=wrist, orient=orient, hand_pose=hand_pose,
