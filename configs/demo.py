@@ -1,12 +1,13 @@
-"""The README main job: the tiny VITRA policy trained on the procedural `demo_large` hand_vla dataset.
+"""The README main job: a small VITRA policy (the tiny VLM, a width-256 DiT; 3.1M parameters) trained on the
+procedural `demo_large` hand_vla dataset.
 
     make demo   # = python -m vitra_jax.train --config configs/demo.py --workdir out/demo
                 #   then python -m vitra_jax.evaluate --workdir out/demo
 
 Hardware: 2 CPU cores. Time: about 4 minutes (dataset build, tokenizer and statistics on first use, 1200
-steps, evaluation). Expected: loss ~0.95 -> ~0.35; on the held-out `val` episodes the predicted wrist is
-closer to the truth at the chunk end than a hand that stays still.
-The recipe differs from pretraining where a 0.3M-parameter model on a toy task needs it: 64 px images (the
+steps, evaluation). Expected: loss ~0.88 -> ~0.04; on the held-out `val` episodes the predicted wrist and finger
+angles are closer to the truth at the chunk end than a hand that stays still (docs/benchmarks.md, "Demo").
+The recipe differs from pretraining where a 3M-parameter model on a toy task needs it: 64 px images (the
 target's colour must survive the resize), one learning rate 1e-3 with cosine decay, no backbone hold, fp32.
 """
 
@@ -18,7 +19,7 @@ def get_config(arg: str | None = None):
     c = base_config()
     c.num_steps = 1200
     c.batch_size = 16
-    c.model.variant = "tiny"
+    c.model.variant = "demo"           # the tiny VLM with a width-256 DiT (width 64 never learns the fingers)
     c.model.image_size = 64
     c.model.dtype = "float32"
     c.model.remat_policy = "none"

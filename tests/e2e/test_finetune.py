@@ -43,6 +43,10 @@ def test_recipe_is_the_release_robot_finetune(tmp_path):
     cfg = variants.from_config(c.model)
     assert cfg.loss_weights == ROBOT_WEIGHTS and cfg.repeats == RELEASE["repeated_diffusion_steps"]
     assert cfg.freeze_vision and cfg.dit.qk_norm == "timm_0_9_10"
+    with c.unlocked():
+        c.model.loss_type = "gripper"
+    with pytest.raises(ValueError, match=r"model.loss_type must be one of \['human', 'robot'\], got 'gripper'"):
+        variants.from_config(c.model)
     # What the release's own config would say of a model trained with it.
     release = official.official_config(cfg)
     assert release["loss_type"] == "robot" and release["repeated_diffusion_steps"] == 2

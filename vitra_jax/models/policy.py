@@ -43,16 +43,19 @@ class PolicyConfig:
 
 
 def policy_config(name: str, **overrides: Any) -> PolicyConfig:
-    """'tiny' (tests: tiny PaliGemma + 2-layer width-64 DiT) or '3b' (PaliGemma-2 3B-224 + DiT-B)."""
-    if name == "tiny":
+    """'tiny' (tests: tiny PaliGemma + 2-layer width-64 DiT), 'demo' (the README demo: the same with a width-256
+    DiT, wide enough to learn the 90 finger angles) or '3b' (PaliGemma-2 3B-224 + DiT-B)."""
+    if name in ("tiny", "demo"):
         vlm = paligemma_config("tiny")
-        dit = DiTConfig(depth=2, width=64, num_heads=4, token_size=vlm.llm.width, state_hidden=128, freq_dim=32)
+        width = 64 if name == "tiny" else 256
+        dit = DiTConfig(depth=2, width=width, num_heads=4, token_size=vlm.llm.width, state_hidden=2 * width,
+                        freq_dim=32)
         cfg = PolicyConfig(vlm=vlm, dit=dit, max_text_len=48, repeats=2)
     elif name == "3b":
         vlm = paligemma_config("3b-224")
         cfg = PolicyConfig(vlm=vlm, dit=DiTConfig(token_size=vlm.llm.width))
     else:
-        raise ValueError(f"unknown policy config {name!r}; choose 'tiny' or '3b'")
+        raise ValueError(f"unknown policy config {name!r}; choose 'tiny', 'demo' or '3b'")
     return dataclasses.replace(cfg, **overrides)
 
 
