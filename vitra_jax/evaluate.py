@@ -106,10 +106,11 @@ def evaluate(workdir: str | os.PathLike, pictures: tuple[int, ...] = (0, 4, 8), 
                                         num_samples=num_samples, rng=jax.random.PRNGKey(seed + s["t"]))
         truth = trajectory.integrate_actions(s["state"], s["actions"])
         hand_mask = s["action_mask"][:, [0, layout.HAND_DIM]]
-        model_err += final_wrist_error(pred["trajectory"].mean(0), truth, hand_mask)
+        mean_path = pred["trajectory"].mean(0)
+        model_err += final_wrist_error(mean_path, truth, hand_mask)
         still = np.repeat(s["state"][None].astype(np.float64), len(truth), 0)
         still_err += final_wrist_error(still, truth, hand_mask)
-        model_finger += final_finger_error(pred["trajectory"].mean(0), truth, hand_mask, finger_dims)
+        model_finger += final_finger_error(mean_path, truth, hand_mask, finger_dims)
         still_finger += final_finger_error(still, truth, hand_mask, finger_dims)
         if s["t"] not in pictures:
             continue

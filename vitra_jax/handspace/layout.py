@@ -54,6 +54,7 @@ LOSS_COMPONENTS: dict[str, tuple[slice, str]] = {
 # Component weights by kind: human data weighs all parts equally; robot fine-tuning (XHand) favours the wrist.
 HUMAN_LOSS_WEIGHTS = {"wrist": 1.0, "fingers": 1.0}
 ROBOT_LOSS_WEIGHTS = {"wrist": 1.6, "fingers": 0.4}
+LOSS_WEIGHTS = {"human": HUMAN_LOSS_WEIGHTS, "robot": ROBOT_LOSS_WEIGHTS}  # by the release's `loss_type`
 
 
 def expand_hand_mask(hand_mask: np.ndarray) -> np.ndarray:

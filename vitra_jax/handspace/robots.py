@@ -137,12 +137,11 @@ def xhand_observation(robot: np.ndarray, hands: str | tuple[str, ...] = ("right"
     robot = _last_axis(robot, ROBOT_DIM, "an XHand robot vector")
     if robot.ndim != 1:
         raise ValueError(f"one robot vector (36,) expected, got shape {robot.shape}")
-    tracked = np.array([h in hands for h in layout.HANDS])
     for h in hands:
         _hand_index(h)
-    state = xhand_to_human(robot)[0] * np.repeat(tracked, layout.HAND_DIM)
-    mask = layout.expand_hand_mask(tracked)
-    return {"state": state, "state_mask": mask, "action_mask": np.broadcast_to(mask, (chunk_len, mask.size)).copy()}
+    mask = layout.expand_hand_mask([h in hands for h in layout.HANDS])
+    return {"state": xhand_to_human(robot)[0] * mask, "state_mask": mask,
+            "action_mask": np.broadcast_to(mask, (chunk_len, mask.size)).copy()}
 
 
 def mount_pose_to_wrist(pose: np.ndarray) -> np.ndarray:

@@ -12,8 +12,6 @@ from typing import Any
 from vitra_jax.handspace import layout
 from vitra_jax.models.policy import PolicyConfig, policy_config
 
-LOSS_WEIGHTS = {"human": layout.HUMAN_LOSS_WEIGHTS, "robot": layout.ROBOT_LOSS_WEIGHTS}
-
 
 def from_config(model: Any) -> PolicyConfig:
     """`model` has variant ('tiny' | 'demo' | '3b'), image_size and max_text_len (0 = the variant's), dtype (VLM compute),
@@ -27,9 +25,9 @@ def from_config(model: Any) -> PolicyConfig:
     vlm = dataclasses.replace(cfg.vlm, vision=vision, dtype=model.dtype, remat_policy=model.remat_policy)
     dit = dataclasses.replace(cfg.dit, remat=model.dit_remat, qk_norm=model.get("qk_norm", "rms"))
     loss_type = model.get("loss_type", "human")
-    if loss_type not in LOSS_WEIGHTS:
-        raise ValueError(f"model.loss_type must be one of {sorted(LOSS_WEIGHTS)}, got {loss_type!r}")
-    weights = LOSS_WEIGHTS[loss_type]
+    if loss_type not in layout.LOSS_WEIGHTS:
+        raise ValueError(f"model.loss_type must be one of {sorted(layout.LOSS_WEIGHTS)}, got {loss_type!r}")
+    weights = layout.LOSS_WEIGHTS[loss_type]
     return dataclasses.replace(cfg, vlm=vlm, dit=dit, wrist_weight=weights["wrist"], finger_weight=weights["fingers"],
                                repeats=model.repeats, freeze_vision=model.freeze_vision,
                                max_text_len=model.max_text_len or cfg.max_text_len)

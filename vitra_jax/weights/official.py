@@ -344,7 +344,7 @@ def policy_config_from_official(config: Mapping[str, Any], **overrides: Any) -> 
     if model_type not in DIT_PRESETS:
         problems.append(f"action_model.model_type {model_type!r} is not one of {sorted(DIT_PRESETS)}")
     loss_type = config.get("loss_type", "human")
-    if loss_type not in ("human", "robot"):
+    if loss_type not in layout.LOSS_WEIGHTS:
         problems.append(f"loss_type must be 'human' or 'robot', got {loss_type!r}")
     vlm_name = str(config.get("vlm", {}).get("pretrained_model_name_or_path", "paligemma2-3b-mix-224"))
     size = next((s for s in ("224", "448", "896") if f"3b-pt-{s}" in vlm_name or f"3b-mix-{s}" in vlm_name), None)
@@ -360,7 +360,7 @@ def policy_config_from_official(config: Mapping[str, Any], **overrides: Any) -> 
     dit_fields = {"depth": depth, "width": width, "num_heads": heads, "token_size": token_size,
                   "chunk_len": int(config.get("fwd_pred_next_n", 16)),
                   "qk_norm": "timm_0_9_10"}  # the release's q/k norm (reference §9.1)
-    weights = layout.ROBOT_LOSS_WEIGHTS if loss_type == "robot" else layout.HUMAN_LOSS_WEIGHTS
+    weights = layout.LOSS_WEIGHTS[loss_type]
     freeze = config.get("train_setup", {}).get("freeze_option", "freeze_vision_encoder")
     cfg = PolicyConfig(vlm=vlm, dit=DiTConfig(**dit_fields), repeats=int(config.get("repeated_diffusion_steps", 8)),
                        wrist_weight=weights["wrist"], finger_weight=weights["fingers"],
@@ -397,8 +397,7 @@ def official_config(cfg: PolicyConfig, vlm_name: str | None = None) -> dict:
     if cfg.dit.token_size != cfg.vlm.llm.width:
         problems.append(f"dit.token_size {cfg.dit.token_size} differs from the VLM width {cfg.vlm.llm.width}")
     weights = {"wrist": cfg.wrist_weight, "fingers": cfg.finger_weight}
-    loss_type = next((k for k, w in (("human", layout.HUMAN_LOSS_WEIGHTS), ("robot", layout.ROBOT_LOSS_WEIGHTS))
-                      if w == weights), None)
+    loss_type = next((k for k, w in layout.LOSS_WEIGHTS.items() if w == weights), None)
     if loss_type is None:
         problems.append(f"loss weights {weights} are neither the human {layout.HUMAN_LOSS_WEIGHTS} nor the robot "
                         f"{layout.ROBOT_LOSS_WEIGHTS} ones")
