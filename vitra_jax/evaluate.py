@@ -4,9 +4,9 @@ At every frame of every episode of the validation split, the policy samples acti
 classifier-free guidance) which are integrated into wrist paths from the observed state. Printed: the wrist
 error and the mean absolute finger-angle error (all 45 MANO angles; for an XHand run, `model.loss_type` 'robot',
 the 12 its joints drive) at the last valid chunk step against the ground truth, averaged over every hand with a
-valid action, next to a hand that stays still. Written to the workdir, for frames t in `--pictures`:
-`prediction_ep{e}_t{t}.png` (ground-truth wrist paths green, sampled ones magenta), and `loss.png`
-(the training loss from `metrics.jsonl`). The run's model, data, tokenizer and statistics come from its
+valid action, next to a hand that stays still. Written to the workdir: these figures (`evaluation.json`);
+for frames t in `--pictures`, `prediction_ep{e}_t{t}.png` (ground-truth wrist paths green, sampled ones
+magenta); and `loss.png` (the training loss from `metrics.jsonl`). The run's model, data, tokenizer and statistics come from its
 saved config and newest checkpoint.
 """
 
@@ -92,7 +92,8 @@ def load_run(workdir: pathlib.Path):
 
 def evaluate(workdir: str | os.PathLike, pictures: tuple[int, ...] = (0, 4, 8), num_samples: int = 4,
              seed: int = 0) -> dict:
-    """Figures of the run in `workdir` on its validation split; writes the pictures there."""
+    """Figures of the run in `workdir` on its validation split; writes them to `evaluation.json` there, next to
+    the pictures."""
     workdir = pathlib.Path(workdir)
     config, policy, params, pipeline = load_run(workdir)
     xhand = config.model.get("loss_type", "human") == "robot"
@@ -125,12 +126,14 @@ def evaluate(workdir: str | os.PathLike, pictures: tuple[int, ...] = (0, 4, 8), 
         raise ValueError("no validation frame has a valid action to evaluate")
     losses = [json.loads(line)["loss"] for line in (workdir / "metrics.jsonl").read_text().splitlines()]
     viz.save_rgb(workdir / "loss.png", viz.loss_curve(np.asarray(losses)))
-    return {"policy_error_m": float(np.mean(model_err)), "still_error_m": float(np.mean(still_err)),
-            "policy_finger_error_deg": float(np.degrees(np.mean(model_finger))),
-            "still_finger_error_deg": float(np.degrees(np.mean(still_finger))),
-            "finger_angles": "the 12 XHand joints" if xhand else "45 MANO finger angles",
-            "evaluated_hands": len(model_err), "pictures": drawn,
-            "loss_start": float(np.mean(losses[:20])), "loss_end": float(np.mean(losses[-20:]))}
+    results = {"policy_error_m": float(np.mean(model_err)), "still_error_m": float(np.mean(still_err)),
+               "policy_finger_error_deg": float(np.degrees(np.mean(model_finger))),
+               "still_finger_error_deg": float(np.degrees(np.mean(still_finger))),
+               "finger_angles": "the 12 XHand joints" if xhand else "45 MANO finger angles",
+               "evaluated_hands": len(model_err), "pictures": drawn,
+               "loss_start": float(np.mean(losses[:20])), "loss_end": float(np.mean(losses[-20:]))}
+    (workdir / "evaluation.json").write_text(json.dumps(results, indent=1) + "\n")
+    return results
 
 
 def report(results: dict) -> str:
@@ -158,7 +161,7 @@ def main(argv: list[str]) -> None:
     f = flags.FLAGS
     results = evaluate(f.workdir, tuple(int(t) for t in f.pictures), f.num_samples)
     print(report(results))
-    print(f"pictures in {f.workdir}/ (prediction_*.png, loss.png)")
+    print(f"figures in {f.workdir}/evaluation.json, pictures in {f.workdir}/ (prediction_*.png, loss.png)")
 
 
 if __name__ == "__main__":
