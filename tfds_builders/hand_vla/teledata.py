@@ -26,7 +26,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from tfds_builders.hand_vla import splits, video
@@ -110,25 +109,13 @@ def read_teledata(h5: str) -> episode_lib.Episode:
     return ep
 
 
-def _video_info(path: str) -> tuple[int, int, int]:
-    """(width, height, frame count) the container reports."""
-    cap = cv2.VideoCapture(path)
-    try:
-        if not cap.isOpened():
-            raise episode_lib.EpisodeError("unreadable_video", path)
-        return tuple(int(cap.get(p)) for p in (cv2.CAP_PROP_FRAME_WIDTH, cv2.CAP_PROP_FRAME_HEIGHT,
-                                                cv2.CAP_PROP_FRAME_COUNT))
-    finally:
-        cap.release()
-
-
 def load_teledata(h5: str, short_side: int) -> tuple[episode_lib.Episode, np.ndarray]:
     """(Episode, RGB frames) of one TeleData episode; its intrinsics re-centred for the episode format.
     A video whose frame count differs from `meta/frame_count` is not synchronised with the file: skipped."""
     ep = read_teledata(h5)
     if not Path(ep.video).is_file():
         raise episode_lib.EpisodeError("missing_video", ep.video)
-    width, height, count = _video_info(ep.video)
+    width, height, count = video.container_info(ep.video)
     if count != len(ep):
         raise episode_lib.EpisodeError("length_mismatch", f"{ep.video} has {count} frames, {h5} {len(ep)}")
     frames = video.read_frames(ep.video, ep.frame_index, short_side)

@@ -33,6 +33,18 @@ Transform = Callable[[np.ndarray], np.ndarray]  # applied to each full-size BGR 
 SEQUENTIAL_SUFFIXES = (".webm", ".mkv")
 
 
+def container_info(path: str) -> tuple[int, int, int]:
+    """(width, height, frame count) as the container reports them."""
+    cap = cv2.VideoCapture(path)
+    try:
+        if not cap.isOpened():
+            raise EpisodeError("unreadable_video", path)
+        return tuple(int(cap.get(p)) for p in (cv2.CAP_PROP_FRAME_WIDTH, cv2.CAP_PROP_FRAME_HEIGHT,
+                                                cv2.CAP_PROP_FRAME_COUNT))
+    finally:
+        cap.release()
+
+
 def read_frames(path: str, frame_index: np.ndarray, short_side: int, transform: Transform | None = None,
                 seek: bool | None = None) -> np.ndarray:
     """RGB frames (T, H, W, 3) uint8 at `frame_index` (sorted or not), passed through `transform` (e.g.
