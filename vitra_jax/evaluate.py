@@ -6,8 +6,8 @@ error and the mean absolute finger-angle error (all 45 MANO angles; for an XHand
 the 12 its joints drive) at the last valid chunk step against the ground truth, averaged over every hand with a
 valid action, next to a hand that stays still. Written to the workdir: these figures (`evaluation.json`);
 for frames t in `--pictures`, `prediction_ep{e}_t{t}.png` (ground-truth wrist paths green, sampled ones
-magenta); and `loss.png` (the training loss from `metrics.jsonl`). The run's model, data, tokenizer and statistics come from its
-saved config and newest checkpoint.
+magenta); and `loss.png` (the training loss from `metrics.jsonl`). The run's model, data, tokenizer and
+statistics come from its saved config and newest checkpoint.
 """
 
 from __future__ import annotations
@@ -40,17 +40,24 @@ def _define_flags() -> None:
     flags.mark_flags_as_required(["workdir"])
 
 
+def _chunk_ends(mask: np.ndarray) -> list[tuple[str, int]]:
+    """(hand, row of the integrated path) at the last valid step of each hand valid somewhere in `mask` (N, 2)."""
+    ends = []
+    for i, hand in enumerate(layout.HANDS):
+        valid = np.flatnonzero(mask[:, i])
+        if len(valid):
+            ends.append((hand, valid[-1] + 1))  # path row 0 is the observed state
+    return ends
+
+
 def final_wrist_error(path: np.ndarray, truth: np.ndarray, mask: np.ndarray) -> list[float]:
     """Distance (m) between predicted and true wrist at the last valid step of each valid hand.
 
     path, truth: (N+1, 102) integrated states (row 0 = the observed state); mask: (N, 2) per-hand validity."""
     errors = []
-    for i, hand in enumerate(layout.HANDS):
-        valid = np.flatnonzero(mask[:, i])
-        if len(valid):
-            k = valid[-1] + 1
-            sl = layout.hand_part(hand, layout.TRANS)
-            errors.append(float(np.linalg.norm(path[k, sl] - truth[k, sl])))
+    for hand, k in _chunk_ends(mask):
+        sl = layout.hand_part(hand, layout.TRANS)
+        errors.append(float(np.linalg.norm(path[k, sl] - truth[k, sl])))
     return errors
 
 
@@ -60,15 +67,12 @@ def final_finger_error(path: np.ndarray, truth: np.ndarray, mask: np.ndarray,
 
     path, truth, mask as in `final_wrist_error`; `dims`: which of a hand's 45 finger angles count (default all;
     an XHand run counts the 12 its joints drive, `robots.FINGER_INDEX`)."""
-    dims = np.arange(45) if dims is None else np.asarray(dims)
+    dims = np.arange(layout.FINGERS.stop - layout.FINGERS.start) if dims is None else np.asarray(dims)
     errors = []
-    for i, hand in enumerate(layout.HANDS):
-        valid = np.flatnonzero(mask[:, i])
-        if len(valid):
-            k = valid[-1] + 1
-            cols = layout.hand_part(hand, layout.FINGERS).start + dims
-            diff = (path[k, cols] - truth[k, cols] + np.pi) % (2 * np.pi) - np.pi
-            errors.append(float(np.abs(diff).mean()))
+    for hand, k in _chunk_ends(mask):
+        cols = layout.hand_part(hand, layout.FINGERS).start + dims
+        diff = (path[k, cols] - truth[k, cols] + np.pi) % (2 * np.pi) - np.pi
+        errors.append(float(np.abs(diff).mean()))
     return errors
 
 

@@ -14,10 +14,10 @@ from vitra_jax.models.policy import PolicyConfig, policy_config
 
 
 def from_config(model: Any) -> PolicyConfig:
-    """`model` has variant ('tiny' | 'demo' | '3b'), image_size and max_text_len (0 = the variant's), dtype (VLM compute),
-    remat_policy, dit_remat, repeats, freeze_vision, qk_norm (the DiT's q/k norm, `dit.QK_NORMS`; configs
-    written before it existed mean "rms") and loss_type (the release's 'human' or 'robot' component weights;
-    absent means 'human'). The DiT always computes in fp32, as the release."""
+    """`model` has variant ('tiny' | 'demo' | '3b'), image_size and max_text_len (0 = the variant's), dtype (VLM
+    compute), remat_policy, dit_remat, repeats, freeze_vision, qk_norm (the DiT's q/k norm, `dit.QK_NORMS`;
+    configs written before it existed mean "rms") and loss_type (the release's 'human' or 'robot' component
+    weights; absent means 'human'). The DiT always computes in fp32, as the release."""
     cfg = policy_config(model.variant)
     vision = cfg.vlm.vision
     if model.image_size:
