@@ -11,11 +11,12 @@ The recipe differs from pretraining where a 3M-parameter model on a toy task nee
 target's colour must survive the resize), one learning rate 1e-3 with cosine decay, no backbone hold, fp32.
 """
 
-from configs.base import base_config
+from configs.base import base_config, recipe_args
 from vitra_jax.data.config import data_config
 
 
 def get_config(arg: str | None = None):
+    recipe_args(arg, (), "configs/demo.py takes no argument")
     c = base_config()
     c.num_steps = 1200
     c.batch_size = 16

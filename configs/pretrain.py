@@ -4,8 +4,10 @@
         --config=configs/pretrain.py:frames=/data/vitra1m_frames \
         --config.init.paligemma=/ckpt/paligemma2-3b-mix-224 \
         --config.data.tokenizer=/ckpt/paligemma2-3b-mix-224/tokenizer.model
-    # with OXE robot data mixed in (converted with python -m vitra_jax.data.convert):
+    # with OXE robot data mixed in: octo's magic soup, each at DIR/<name> (a frame store from
+    # python -m vitra_jax.data.convert, or a TFDS folder converted on first use), or only some of them:
     #   --config=configs/pretrain.py:frames=/data/vitra1m_frames,oxe=/data/oxe_frames
+    #   --config=configs/pretrain.py:frames=/data/vitra1m_frames,oxe=/data/oxe_frames,oxe_names=bridge_dataset+fractal20220817_data
 
 Recipe (vitra_official.md §4): global batch 512; AdamW (0.9, 0.999), weight decay 0.1 on matrices and the
 cognition token; gradient clip 1.0; lr 1e-5 for the whole PaliGemma-2 except SigLIP (Gemma-2, word embeddings,
@@ -22,24 +24,33 @@ Hardware: 8×H100 80GB (one host; `mesh.fsdp` = devices per host), or a TPU v5p-
 start, falling below ~0.3 (the release does not publish a curve).
 """
 
+from ml_collections import config_dict
+
 from configs.base import base_config, recipe_args
 from vitra_jax.data import oxe
 from vitra_jax.data.config import component, data_config, vitra1m_components
 
 
 def get_config(arg: str | None = None):
-    args = recipe_args(arg, ("frames", "oxe"), "configs/pretrain.py takes 'frames=DIR[,oxe=DIR]'")
+    args = recipe_args(arg, ("frames", "oxe", "oxe_names"),
+                       "configs/pretrain.py takes 'frames=DIR[,oxe=DIR[,oxe_names=NAME+NAME...]]'")
     c = base_config()
     c.num_steps = 100_000
     c.model.variant = "3b"
     c.model.qk_norm = "timm_0_9_10"    # the release's DiT q/k norm, so checkpoints stay official-compatible
     c.mesh.update(data=-1, fsdp=8)     # FSDP within an 8-GPU host, data-parallel across hosts
-    c.init.paligemma = ""              # set to the paligemma2-3b-mix-224 folder (or big_vision .npz)
+    # required: the paligemma2-3b-mix-224 folder (or big_vision .npz); '' trains from random weights
+    c.init.paligemma = config_dict.placeholder(str)
     frames = args.get("frames")
     components = vitra1m_components(frames) if frames else []
     if "oxe" in args:
-        components += [component(name, f"{args['oxe']}/{name}", weight, kind="oxe")
-                       for name, weight in oxe.MAGIC_SOUP.items()]
+        names = args["oxe_names"].split("+") if "oxe_names" in args else list(oxe.MAGIC_SOUP)
+        for name in names:
+            oxe.get(name)  # an unknown name fails here, listing the registry
+        components += [component(name, f"{args['oxe']}/{name}", oxe.MAGIC_SOUP.get(name, 1.0), kind="oxe")
+                       for name in names]
+    elif "oxe_names" in args:
+        raise ValueError("configs/pretrain.py: oxe_names needs oxe=DIR")
     c.data = data_config(data_dir=frames, components=components, build_demo=False, tokenizer=None,
                          augment=True, num_workers=16)
     c.lock()

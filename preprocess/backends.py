@@ -20,7 +20,7 @@ import os
 import ml_collections
 import numpy as np
 
-from preprocess import camera_pose, intrinsics, records, writer
+from preprocess import camera_pose, errors, intrinsics, records, writer
 from preprocess.caption import captioner as captioner_lib
 from preprocess.records import Clip, VideoInfo
 
@@ -30,9 +30,9 @@ def intrinsics_backend(cfg: ml_collections.ConfigDict, video_id: str):
     readers = {"droidcalib": intrinsics.DroidCalibReader, "geocalib": intrinsics.GeoCalibReader,
                "moge": intrinsics.MoGeReader, "ego4d_omnidir": intrinsics.Ego4DOmnidirReader}
     if cfg.backend not in readers:
-        raise ValueError(f"intrinsics.backend must be fov_prior or one of {sorted(readers)}, got {cfg.backend!r}")
+        raise errors.ConfigError(f"intrinsics.backend must be fov_prior or one of {sorted(readers)}, got {cfg.backend!r}")
     if not cfg.path:
-        raise ValueError(f"intrinsics.backend {cfg.backend} reads files: set intrinsics.path ('{{video_id}}' "
+        raise errors.ConfigError(f"intrinsics.backend {cfg.backend} reads files: set intrinsics.path ('{{video_id}}' "
                          "is replaced by each video's id)")
     return readers[cfg.backend](cfg.path.format(video_id=video_id))
 
@@ -51,10 +51,10 @@ def pose_backend_for(cfg: ml_collections.ConfigDict, motion: str, video_id: str)
     readers = {"megasam": functools.partial(camera_pose.MegaSaMReader, metric=cfg.megasam_metric),
                "hawor_slam": camera_pose.HaworSlamReader}
     if name not in readers:
-        raise ValueError(f"camera_pose backend must be auto, static, camera_frame or one of {sorted(readers)}, "
+        raise errors.ConfigError(f"camera_pose backend must be auto, static, camera_frame or one of {sorted(readers)}, "
                          f"got {name!r}")
     if not cfg.path:
-        raise ValueError(f"camera_pose backend {name} reads files: set camera_pose.path ('{{video_id}}' is "
+        raise errors.ConfigError(f"camera_pose backend {name} reads files: set camera_pose.path ('{{video_id}}' is "
                          "replaced by each video's id)")
     return readers[name](cfg.path.format(video_id=video_id))
 
@@ -71,10 +71,29 @@ def hand_backend(cfg: ml_collections.ConfigDict):
         if "fit" in options:  # MANO fit settings by name, e.g. {'iterations': 100}
             options["fit"] = dataclasses.replace(mediapipe_backend.MEDIAPIPE_FIT, **options["fit"])
         return mediapipe_backend.MediaPipeBackend(cfg.mano_dir, **options)
-    raise ValueError(f"hands.backend must be one of {HAND_BACKENDS}; got {cfg.backend!r}")
+    raise errors.ConfigError(f"hands.backend must be one of {HAND_BACKENDS}; got {cfg.backend!r}")
 
 
 HAND_BACKENDS = ("mediapipe", "precomputed", "wilor", "hawor")
+MANO_BACKENDS = ("mediapipe", "wilor", "hawor")  # these fit or pose a MANO model
+
+
+def check_settings(config: ml_collections.ConfigDict) -> str | None:
+    """What the settings get wrong that would otherwise stop a run midway (hours in, for captions), found
+    before any work: the hand backend, its files and MANO model, the captioner (API key, URL). Returns the
+    MANO file's path where the hand backend uses one."""
+    hands = config.hands
+    if hands.backend not in HAND_BACKENDS:
+        raise errors.ConfigError(f"hands.backend must be one of {HAND_BACKENDS}; got {hands.backend!r}")
+    if hands.backend != "mediapipe" and not hands.path:
+        raise errors.ConfigError(f"hands.backend {hands.backend} reads files: set hands.path ('{{video_id}}' is "
+                                 "replaced by each video's id)")
+    make_captioner(ml_collections.ConfigDict({**config.caption.to_dict(), "cache_dir": ""}))
+    if hands.backend in MANO_BACKENDS:
+        from preprocess.hands.mano_files import mano_file
+
+        return str(mano_file(hands.mano_dir))
+    return None
 
 
 _VIDEO_HANDS: dict[tuple, records.CamHands] = {}  # a few videos' hands from result files, per process
@@ -88,11 +107,6 @@ def file_hands(cfg: ml_collections.ConfigDict, clip: Clip, info: VideoInfo, k: r
     so each video's file is turned into hands once per process and sliced per clip."""
     from preprocess.hands.precomputed import slice_frames
 
-    if not cfg.path:
-        raise ValueError(f"hands.backend {cfg.backend} reads files: set hands.path ('{{video_id}}' is replaced "
-                         "by each video's id)")
-    if cfg.backend not in ("precomputed", "wilor", "hawor"):
-        raise ValueError(f"hands.backend must be one of {HAND_BACKENDS}; got {cfg.backend!r}")
     path = cfg.path.format(video_id=clip.video_id)
     stop = clip.start + len(frames)
     length = None
@@ -164,7 +178,7 @@ def make_captioner(cfg: ml_collections.ConfigDict):
     if cfg.backend == "none":
         return captioner_lib.NoCaptioner()
     if cfg.backend != "openai":
-        raise ValueError(f"caption.backend must be openai or none, got {cfg.backend!r}")
+        raise errors.ConfigError(f"caption.backend must be openai or none, got {cfg.backend!r}")
     return captioner_lib.OpenAICaptioner(
         base_url=cfg.base_url, model=cfg.model, api_key_env=cfg.api_key_env, rate_limit_rpm=cfg.rate_limit_rpm,
         max_retries=cfg.max_retries, cache_dir=cfg.cache_dir or None,

@@ -1,4 +1,5 @@
-"""Expected failures of one unit of work (bad input, a backend error), each with a short reason code.
+"""Expected failures: of one unit of work (bad input, a backend error; each with a short reason code), or of
+the run's settings (`ConfigError`).
 
 `graph` records a `StageError` as the failure of its unit, counted by `reason` in summary.json, and the run
 goes on; any other exception is a bug and stops the run. No imports, so every stage (the torch-based hand
@@ -14,6 +15,11 @@ class StageError(ValueError):
     def __init__(self, reason: str, detail: str):
         super().__init__(f"{reason}: {detail}")
         self.reason = reason
+
+
+class ConfigError(ValueError):
+    """Settings or a command line that cannot work (a missing key, path or file, a changed run folder): found
+    before or between units of work, it stops the run with its message alone."""
 
 
 class HandsFileError(StageError):

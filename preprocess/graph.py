@@ -29,7 +29,7 @@ import vitra_jax
 from preprocess import backends, camera_motion, camera_pose, records, store, video, writer
 from preprocess.caption import captioner as captioner_lib
 from preprocess.caption import overlay
-from preprocess.errors import StageError
+from preprocess.errors import ConfigError, StageError
 from preprocess.records import HANDS, Clip, VideoInfo
 from vitra_jax.handspace import episode as episode_lib
 from vitra_jax.handspace import geometry
@@ -110,12 +110,12 @@ def list_videos(input_dir: str, suffixes: Sequence[str]) -> list[str]:
     elif os.path.isdir(input_dir):
         paths = sorted(os.path.join(input_dir, n) for n in os.listdir(input_dir) if n.endswith(tuple(suffixes)))
     else:
-        raise FileNotFoundError(f"--input {input_dir}: no such file or folder")
+        raise ConfigError(f"--input {input_dir}: no such file or folder")
     ids: dict[str, str] = {}
     for p in paths:
         vid = os.path.splitext(os.path.basename(p))[0]
         if vid in ids:
-            raise ValueError(f"two videos share the id {vid!r}: {ids[vid]} and {p}; rename one")
+            raise ConfigError(f"two videos share the id {vid!r}: {ids[vid]} and {p}; rename one")
         ids[vid] = p
     return [os.path.abspath(p) for p in paths]
 
@@ -124,7 +124,7 @@ def video_id_of(path: str) -> str:
     return os.path.splitext(os.path.basename(path))[0]
 
 
-class VideoChanged(ValueError):
+class VideoChanged(ConfigError):
     """A video whose file differs from the one the run folder's results were computed from."""
 
 

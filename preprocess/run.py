@@ -14,6 +14,7 @@ tokens and cost. A video that cannot be labelled is recorded as failed with its 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 
@@ -22,7 +23,7 @@ from etils import epath
 from ml_collections import config_flags
 
 from preprocess import config as config_lib
-from preprocess import graph, store, summary
+from preprocess import backends, errors, graph, store, summary
 
 def _define_flags() -> None:
     """Flags of the command line only (the trainer also defines `--config`; tests import both modules)."""
@@ -39,8 +40,8 @@ def _define_flags() -> None:
     flags.DEFINE_enum("preview", None, ["png", "mp4"], "Overrides writer.preview.")
 
 
-class SettingsMismatch(ValueError):
-    pass
+class SettingsMismatch(errors.ConfigError):
+    """The output folder holds a run made with other result settings."""
 
 
 def _flat(d: dict, prefix: str = "") -> dict:
@@ -50,10 +51,13 @@ def _flat(d: dict, prefix: str = "") -> dict:
     return out
 
 
-def check_settings(output: epath.Path, config) -> None:
-    """Save the result settings with a new run; refuse a rerun whose settings differ from the saved ones."""
+def check_settings(output: epath.Path, config, mano: str | None = None) -> None:
+    """Save the result settings with a new run; refuse a rerun whose settings differ from the saved ones.
+    `mano`: the MANO model file the hands are fitted with; its content counts, not its path."""
     path = output / "config.json"
     settings = json.loads(json.dumps(config_lib.result_settings(config)))
+    if mano is not None:
+        settings["hands"]["mano_sha256"] = hashlib.sha256(epath.Path(mano).read_bytes()).hexdigest()
     if path.exists():
         saved, now = _flat(json.loads(path.read_text())), _flat(settings)
         changed = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
@@ -69,8 +73,8 @@ def label(input_path: str, output: str, config, *, runner: str = "local", worker
           address: str | None = None, ray_num_cpus: int | None = None) -> dict:
     """Run every stage on the videos of `input_path` into `output`; the summary (also saved)."""
     out = epath.Path(output)
-    check_settings(out, config)
     videos = graph.list_videos(input_path, config_lib.VIDEO_SUFFIXES)
+    check_settings(out, config, backends.check_settings(config))
     run = graph.Run(config, str(out))
     if runner == "ray":
         from preprocess.runners import ray_runner
@@ -96,7 +100,10 @@ def main(argv) -> None:
             config.hands.backend = f.hands
         if f.preview:
             config.writer.preview = f.preview
-    result = label(f.input, f.output, config, runner=f.runner, workers=f.workers, address=f.address)
+    try:
+        result = label(f.input, f.output, config, runner=f.runner, workers=f.workers, address=f.address)
+    except errors.ConfigError as e:
+        raise SystemExit(f"preprocess.run: {e}") from None
     print(summary.format_summary(result))
     print(f"summary: {epath.Path(f.output) / 'summary.json'}")
 

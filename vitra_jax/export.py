@@ -34,7 +34,8 @@ from vitra_jax.deploy.bundle import FORMAT_VERSION, file_hashes  # noqa: E402
 from vitra_jax.deploy.sampling import SAMPLING_DEFAULTS  # noqa: E402
 from vitra_jax.handspace import layout  # noqa: E402
 from vitra_jax.models.policy import PolicyConfig  # noqa: E402
-from vitra_jax.runs import RunCheckpoint, read_run  # noqa: E402
+from vitra_jax.atomic_dirs import staging_dir  # noqa: E402
+from vitra_jax.runs import RunCheckpoint, RunFolderError, read_run  # noqa: E402
 
 GATE_SAMPLES = 2
 
@@ -160,17 +161,13 @@ def export(workdir: str | os.PathLike, out: str | os.PathLike, *, step: int | No
     out = pathlib.Path(out).absolute()
     _check_replaceable(out, overwrite)
     run = run or read_run(workdir, step, tokenizer, ema=ema)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
+    with staging_dir(out) as tmp:
         write_bundle_files(run, tmp, preprocess)
         files = file_hashes(tmp)
         write_manifest(tmp, run, parity=None, files=files)
         parity = parity_gate(run, tmp, tolerance)
         manifest = write_manifest(tmp, run, parity, files=files)
         _move_into_place(tmp, out, overwrite)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return manifest
 
 
@@ -215,8 +212,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--preprocess", choices=["squash", "official"], default="squash",
                     help="image preprocessing the bundle applies: 'squash' as in training, 'official' as the release")
     args = ap.parse_args(argv)
-    manifest = export(args.workdir, args.out, step=args.step, overwrite=args.overwrite, tolerance=args.tolerance,
-                      tokenizer=args.tokenizer, preprocess=args.preprocess, ema=args.ema)
+    try:
+        manifest = export(args.workdir, args.out, step=args.step, overwrite=args.overwrite,
+                          tolerance=args.tolerance, tokenizer=args.tokenizer, preprocess=args.preprocess, ema=args.ema)
+    except (FileNotFoundError, FileExistsError, RunFolderError, ParityError) as e:
+        raise SystemExit(f"vitra_jax.export: {e}") from None
     p = manifest["parity"]
     print(f"wrote {args.out} (step {manifest['source']['step']}, q/k norm {manifest['qk_norm']}); parity: max |Δ| "
           f"{p['max_abs_normalized']:.2e} <= {p['tolerance']:g} on outputs up to {p['output_scale']:.3g}")

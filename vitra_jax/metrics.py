@@ -18,6 +18,9 @@ tests/test_flop_count.py checks the count against the matrix products in the tra
 
 from __future__ import annotations
 
+import json
+import os
+import pathlib
 import time
 from typing import Any
 
@@ -25,9 +28,10 @@ import jax
 import numpy as np
 
 # Dense bf16 peak FLOP/s per device, from vendor spec sheets.
-PEAK_FLOPS = {"h100": 989e12, "h200": 989e12, "gh200": 989e12, "a100": 312e12, "l40s": 362e12,
-              "rtx 4090": 165e12, "tpu v4": 275e12, "tpu v5 lite": 197e12, "tpu v5e": 197e12, "tpu v5p": 459e12,
-              "tpu v6 lite": 918e12, "tpu v6e": 918e12}
+# Dense bf16 peaks by device kind, matched in this order (JAX calls a v5p "TPU v5", a v5e "TPU v5 lite").
+PEAK_FLOPS = {"h100 pcie": 756e12, "h100": 989e12, "h200": 989e12, "gh200": 989e12, "a100": 312e12,
+              "l40s": 362e12, "rtx 4090": 165e12, "tpu v4": 275e12, "tpu v5 lite": 197e12, "tpu v5e": 197e12,
+              "tpu v5p": 459e12, "tpu v5": 459e12, "tpu v6 lite": 918e12, "tpu v6e": 918e12}
 
 
 def peak_flops(device: jax.Device | None = None) -> float | None:
@@ -126,12 +130,19 @@ class StepTimer:
         self._t, self._step = None, None
 
     def start(self, step: int) -> None:
+        """The window starts now, after `step`."""
         self._t, self._step = time.perf_counter(), step
 
+    def restart(self) -> None:
+        """The window starts now, at the same step: time spent since (e.g. validation) is not counted."""
+        self._t = time.perf_counter()
+
     def measure(self, step: int) -> dict[str, float]:
-        """Figures since the last call (or `start`), then restarts the window."""
+        """Figures since the last call (or `start`), then restarts the window; none before a step has run."""
+        if step <= self._step:
+            return {}
         now = time.perf_counter()
-        steps = max(step - self._step, 1)
+        steps = step - self._step
         dt = (now - self._t) / steps
         self._t, self._step = now, step
         out = {"step_time_s": dt, "examples_per_s": self.batch / dt, "eta_s": dt * max(self.total - step, 0),
@@ -139,6 +150,22 @@ class StepTimer:
         if self.peak:
             out["mfu"] = self.flops / dt / (self.devices * self.peak)
         return out
+
+
+def trim_log(path: pathlib.Path, last_step: int) -> None:
+    """Drops the lines of `metrics.jsonl` after `last_step`: a killed run logged steps its resumed run redoes."""
+    if not path.is_file():
+        return
+    keep = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line)["step"] <= last_step:
+                keep.append(line)
+        except json.JSONDecodeError:  # the half-written last line of a killed process
+            continue
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(f"{line}\n" for line in keep))
+    os.replace(tmp, path)
 
 
 class MetricWriter:

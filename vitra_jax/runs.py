@@ -18,7 +18,11 @@ from vitra_jax import checkpoint as ckpt_lib
 from vitra_jax.data.statistics import DatasetStatistics, MissingStatisticsError
 from vitra_jax.models.dit import DiTConfig
 from vitra_jax.models.policy import PolicyConfig
-from vitra_jax.weights.hf import atomic_output_dir
+from vitra_jax.atomic_dirs import atomic_output_dir
+
+
+class RunFolderError(ValueError):
+    """A run folder without what was asked of it (a step, a moving average)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,7 +62,7 @@ def _tokenizer_path(meta_config: dict, override: str | os.PathLike | None) -> pa
     else:
         raise FileNotFoundError("the run's config names no tokenizer (data.tokenizer / data.data_dir); pass --tokenizer")
     if not path.is_file():
-        raise FileNotFoundError(f"tokenizer model not found at {path}; pass --tokenizer")
+        raise FileNotFoundError(f"tokenizer model not found at {path} (give it with --tokenizer)")
     return path
 
 
@@ -83,7 +87,7 @@ def read_run(workdir: str | os.PathLike, step: int | None = None, tokenizer: str
     if step is None:
         step = max(steps)
     if step not in steps:
-        raise ValueError(f"{workdir} has no checkpoint of step {step} (it has {sorted(steps)})")
+        raise RunFolderError(f"{workdir} has no checkpoint of step {step} (it has {sorted(steps)})")
     meta = ocp.Checkpointer(ocp.JsonCheckpointHandler()).restore(steps[step] / "meta")
     if "policy_config" in meta:
         cfg = policy_config_from_dict(meta["policy_config"])
@@ -103,7 +107,7 @@ def read_run(workdir: str | os.PathLike, step: int | None = None, tokenizer: str
     abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
                             jax.eval_shape(VitraPolicy(cfg).init, jax.random.PRNGKey(0)))
     if ema and not meta.get("config", {}).get("optim", {}).get("ema_decay", 0) > 0:
-        raise ValueError(f"{workdir} kept no moving average of its params (optim.ema_decay is not > 0); "
+        raise RunFolderError(f"{workdir} kept no moving average of its params (optim.ema_decay is not > 0); "
                          "export without --ema")
     weights = "ema_params" if ema else "params"
     params = ckpt_lib.restore_params(steps[step], abstract, tree=weights)

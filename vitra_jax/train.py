@@ -13,6 +13,7 @@ optimizer), `make_train_step` (one jitted, sharded, donated optimizer step) and 
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import dataclasses
 import json
@@ -46,6 +47,7 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Run folder: checkpoints, logs, 
 _COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-process runs).")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes (multi-process runs).")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index (multi-process runs).")
+PREEMPTED_EXIT = 143  # 128 + SIGTERM: saved and stopped early, as a scheduler's preemption expects
 
 
 @flax.struct.dataclass
@@ -68,6 +70,18 @@ def check_config(config: ml_collections.ConfigDict, num_processes: int) -> None:
                          f"({num_processes} × {config.grad_accum})")
     if config.init.paligemma and config.init.checkpoint:
         raise ValueError("set at most one of init.paligemma and init.checkpoint")
+
+
+def absolute_paths(config: ml_collections.ConfigDict) -> None:
+    """Relative data and weight paths made absolute (in place), so the run folder's config.json holds paths that
+    work from any directory (evaluation, export)."""
+    def fix(path):
+        return path if not path or "://" in path else os.path.abspath(path)
+
+    d = config.data
+    d.data_dir, d.tokenizer, d.statistics = fix(d.data_dir), fix(d.tokenizer), fix(d.statistics)
+    d.components = [{**c, "path": fix(c["path"])} for c in d.components]
+    config.init.paligemma, config.init.checkpoint = fix(config.init.paligemma), fix(config.init.checkpoint)
 
 
 def _flat_items(config: ml_collections.ConfigDict, prefix: str = ""):
@@ -144,9 +158,37 @@ def make_train_step(policy: policy_lib.VitraPolicy, tx: optax.GradientTransforma
     return step
 
 
-def model_meta(config: ml_collections.ConfigDict, params: Any) -> dict:
-    """What a checkpoint records about its run (`meta` item)."""
-    return {"config": json.loads(config.to_json_best_effort()), "param_shapes": ckpt_lib.param_shapes(params)}
+MODEL_DEFINING = ("variant", "image_size", "max_text_len", "qk_norm")  # a resumed run may not change these
+
+
+def model_meta(config: ml_collections.ConfigDict, state: TrainState) -> dict:
+    """What a checkpoint records about its run (`meta` item), from the abstract train state."""
+    leaves = jax.tree_util.tree_flatten_with_path(state)[0]
+    return {"config": json.loads(config.to_json_best_effort()), "param_shapes": ckpt_lib.param_shapes(state.params),
+            "state_shapes": {jax.tree_util.keystr(p): list(x.shape) for p, x in leaves}}
+
+
+def resume_problems(held: dict, now: dict) -> list[str]:
+    """Why a run cannot continue from a checkpoint whose meta is `held` under a config whose meta is `now`: other
+    parameter or optimizer-state shapes (the model, EMA on/off, optimizer settings such as clipping), or
+    another model definition."""
+    shapes = "state_shapes" if "state_shapes" in held else "param_shapes"  # older checkpoints record params only
+    problems = ckpt_lib.shape_mismatch(now[shapes], held[shapes])
+    then, model = held["config"].get("model", {}), now["config"]["model"]
+    problems += [f"model.{k}: {then.get(k)!r} -> {model.get(k)!r}" for k in MODEL_DEFINING
+                 if then.get(k) != model.get(k)]
+    return problems
+
+
+def changed_fields(held: dict, now: dict) -> list[str]:
+    """`field: old -> new` for every config field a resumed run changes (learning rates, logging, ...)."""
+    def flat(d, prefix=""):
+        out = {}
+        for k, v in d.items():
+            out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+        return out
+    a, b = flat(held["config"]), flat(now["config"])
+    return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
 
 
 def _host(metrics: dict) -> dict[str, float]:
@@ -154,10 +196,12 @@ def _host(metrics: dict) -> dict[str, float]:
 
 
 def _check_finite(step: int, values: dict[str, float]) -> None:
-    if not np.isfinite(values["loss"]):
-        raise FloatingPointError(
-            f"loss is {values['loss']} at step {step}; stopping without saving (the last good checkpoint is "
-            f"kept). Lower the learning rate or check the data.")
+    for name in ("loss", "grad_norm"):
+        if not np.isfinite(values[name]):
+            raise FloatingPointError(
+                f"{name} is {values[name]} at step {step}; stopping without saving this step (the checkpoints of "
+                f"earlier steps are kept; one saved at step {step - 1} holds the parameters that gave this "
+                f"{name}). Lower the learning rate or check the data.")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -196,9 +240,8 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict
     nproc, pid = jax.process_count(), jax.process_index()
     check_config(config, nproc)
     main_process = pid == 0
-    if main_process:
-        workdir.mkdir(parents=True, exist_ok=True)
     with config.unlocked():
+        absolute_paths(config)
         if config.optim.decay_steps == 0:
             config.optim.decay_steps = config.num_steps
 
@@ -208,6 +251,8 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict
     if config.val_every and not pipeline.val_sources:
         raise ValueError(f"val_every is {config.val_every} but no data component has a {config.data.val_split!r} "
                          "split; set val_every=0 to train without validation")
+    if main_process:  # only now: a config that cannot run leaves no empty run folder behind
+        workdir.mkdir(parents=True, exist_ok=True)
     policy, tx, mesh, shardings, abstract_state = run.policy, run.tx, run.mesh, run.shardings, run.abstract_state
     abstract_params = abstract_state.params
     batch_sharding = sharding.batch_sharding(mesh)
@@ -219,13 +264,17 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict
     ckpt = ckpt_lib.Checkpointer(workdir / "checkpoints", every=config.checkpoint.every,
                                  keep_last=config.checkpoint.keep_last, keep_every=config.checkpoint.keep_every,
                                  async_save=config.checkpoint.async_save)
-    meta = {**model_meta(config, abstract_params), "statistics": pipeline.statistics.to_dict()}
+    meta = {**model_meta(config, abstract_state), "statistics": pipeline.statistics.to_dict()}
     latest = ckpt.latest_step()
     if latest is not None:
-        problems = ckpt_lib.shape_mismatch(meta["param_shapes"], ckpt.read_meta(latest)["param_shapes"])
+        held = ckpt.read_meta(latest)
+        problems = resume_problems(held, meta)
         if problems:
-            raise ValueError(f"{workdir} holds a checkpoint of another model (step {latest}): "
-                             + "; ".join(problems) + ". Use a new --workdir.")
+            raise ValueError(f"{workdir} holds a checkpoint of another model or optimizer (step {latest}): "
+                             + "; ".join(problems) + ". Use a new --workdir, or the run's own settings.")
+        changes = changed_fields(held, meta)
+        if changes and main_process:
+            print(f"resuming with changed settings: {'; '.join(changes)}")
         target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract_state,
                               shardings)
         state = ckpt.restore(latest, target, iterator)
@@ -236,6 +285,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict
     start = int(state.step)
     if main_process:
         (workdir / "config.json").write_text(json.dumps(meta["config"], indent=1))
+        metrics_lib.trim_log(workdir / "metrics.jsonl", start)
         pipeline.statistics.save(workdir / "statistics.json")
 
     flops = metrics_lib.flops_per_example(pcfg, abstract_params, pcfg.max_text_len) * config.batch_size
@@ -248,6 +298,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict
                                 process_count=nproc) if config.val_every else [])
     losses: dict[int, float] = {}
     pending = None  # metrics of the step in flight, fetched after the next step is dispatched
+    stop = False  # SIGTERM received: save and leave
     with contextlib.ExitStack() as stack:
         preempt = distributed.Preemption()
         stack.callback(preempt.restore)
@@ -257,10 +308,12 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict
         bar = stack.enter_context(tqdm.tqdm(total=config.num_steps, initial=start, disable=not main_process,
                                             desc="train", dynamic_ncols=True))
         stack.enter_context(jax.set_mesh(mesh))
-        timer.start(start)
         for step in range(start + 1, config.num_steps + 1):
             batch = sharding.shard_batch(next(iterator), mesh)
             state, out = step_fn(state, batch)
+            if step == start + 1:  # timing starts once the step is compiled and has run
+                jax.block_until_ready(out)
+                timer.start(step)
             if pending is not None:
                 _write(log, *_record(*pending, losses))
             pending = (step, out)
@@ -274,6 +327,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict
                     if val and step % config.val_every == 0:
                         values["val_loss"] = float(np.mean([
                             float(eval_fn(state.params, sharding.shard_batch(b, mesh))) for b in val]))
+                        timer.restart()  # validation is not training time
                     writer.scalars(step, values)
                     bar.set_postfix_str(metrics_lib.format_line(step, config.num_steps, values))
                 _write(log, step, values)
@@ -283,7 +337,8 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict
             if stop:
                 logging.warning("SIGTERM: saved step %d, exiting", step)
                 break
-    return {"losses": losses, "final_step": int(state.step), "state": state, "counters": pipeline.counters()}
+    return {"losses": losses, "final_step": int(state.step), "state": state, "counters": pipeline.counters(),
+            "preempted": stop}
 
 
 def _record(step: int, out: dict, losses: dict) -> tuple[int, dict[str, float]]:
@@ -314,6 +369,10 @@ def main(argv: list[str]) -> None:
 
     tfds.disable_progress_bar()
     result = train(_CONFIG.value, _WORKDIR.value)
+    if result["preempted"]:
+        if jax.process_index() == 0:
+            print(f"stopped by SIGTERM at step {result['final_step']} (saved); the same command resumes")
+        raise SystemExit(PREEMPTED_EXIT)
     if jax.process_index() == 0 and result["losses"]:
         last = max(result["losses"])
         print(f"finished at step {result['final_step']}; loss at step {last}: {result['losses'][last]:.4f}")
@@ -321,4 +380,12 @@ def main(argv: list[str]) -> None:
 
 if __name__ == "__main__":
     flags.mark_flags_as_required(["config"])
-    app.run(main)
+    try:
+        app.run(main)
+    except AttributeError as e:  # ml_collections' answer to a misspelt --config.<field>, raised while parsing
+        if "Did you mean" not in str(e):
+            raise
+        text = str(e)
+        with contextlib.suppress(ValueError, SyntaxError):
+            text = ast.literal_eval(text)  # the message arrives as a repr
+        raise SystemExit(f"vitra_jax.train: unknown config field {' '.join(text.split())}") from None

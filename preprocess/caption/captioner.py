@@ -39,6 +39,7 @@ import numpy as np
 import openai
 
 from preprocess.caption.cache import ResponseCache, cache_key
+from preprocess.errors import ConfigError
 from preprocess.caption.ratelimit import RateLimiter, shared_rate_limiter
 from preprocess.records import HANDS, Caption, Segment
 
@@ -64,7 +65,7 @@ RESPONSE_FORMAT = {
 }
 
 
-class CaptionConfigError(ValueError):
+class CaptionConfigError(ConfigError):
     """The captioner cannot be set up (missing API key, bad base_url, bad limits)."""
 
 

@@ -103,8 +103,20 @@ def test_finished_store_is_reused_and_other_settings_refused(bridge_src, tmp_pat
     out = convert.convert(bridge_src, tmp_path, splits="val", progress=False)
     monkeypatch.setattr(frames, "write_shard", lambda *a: pytest.fail("a finished split was rewritten"))
     convert.convert(bridge_src, tmp_path, splits=["val"], progress=False)
-    with pytest.raises(convert.ConvertError, match="other settings"):
+    with pytest.raises(convert.ConvertError, match="with other image_keys; remove it"):
         convert.convert(bridge_src, out, splits="val", image_key="image_1", progress=False)
+
+
+def test_a_refused_conversion_writes_nothing(bridge_src, demo_tfds, tmp_path):
+    out = convert.convert(bridge_src, tmp_path / "store", splits="val", progress=False)
+    before = _files(out)
+    with pytest.raises(convert.ConvertError, match=f"holds a conversion of {bridge_src} with other"):
+        convert.convert(demo_tfds[1], out, splits="val", progress=False)
+    assert _files(out) == before
+    # a frame store is not a TFDS folder, although it carries a copy of its dataset_info.json
+    with pytest.raises(convert.ConvertError, match="source files missing"):
+        convert.convert(out, tmp_path / "o", progress=False)
+    assert not (tmp_path / "o").exists()
 
 
 def test_cli_one_split_one_camera(bridge_src, tmp_path):
@@ -128,6 +140,11 @@ def test_cli_one_split_one_camera(bridge_src, tmp_path):
         assert store.image_bytes(0, t) == step["observation"]["image_2"]
     with pytest.raises(KeyError, match="observation/image_2"):
         store.image_bytes(0, 0, "image_0")
+    # a refused conversion is one line, not a traceback
+    res = subprocess.run([sys.executable, "-m", "vitra_jax.data.convert", f"--src={bridge_src}", f"--out={out}",
+                          "--split=val", "--image_key=image_0"], capture_output=True, text=True, env=env, timeout=120)
+    assert res.returncode == 1 and "Traceback" not in res.stderr
+    assert res.stderr.strip().splitlines()[-1].startswith(f"vitra_jax.data.convert: {out / 'val'} holds a conversion")
 
 
 def test_demo_hand_vla_array_record(demo_tfds, tmp_path):

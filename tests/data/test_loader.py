@@ -3,7 +3,10 @@ normalization and tokenization (recomputed here from the RLDS build, Pillow and 
 contract of the policy, exact iterator restore with worker processes, and clear errors."""
 
 import io
+import pathlib
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -15,6 +18,7 @@ from vitra_jax.data.config import component, data_config
 from vitra_jax.models import policy as policy_lib
 
 SIZE, TEXT_LEN, VOCAB = 48, 40, 512
+REPO = pathlib.Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -216,7 +220,7 @@ def test_process_shards_take_whole_rows_of_each_global_batch(pipeline):
 
 
 def test_missing_statistics_name_the_command(data_dir, pipeline, tmp_path):
-    with pytest.raises(statistics.MissingStatisticsError, match="vitra_jax.data.statistics"):
+    with pytest.raises(statistics.MissingStatisticsError, match="vitra_jax.data.prepare"):
         loader.make_pipeline(data_config(data_dir=str(data_dir), statistics=str(tmp_path / "none.json")),
                              image_size=SIZE, max_text_len=TEXT_LEN)
     # a copy of the frame store without its cached statistics, computing disabled
@@ -228,6 +232,70 @@ def test_missing_statistics_name_the_command(data_dir, pipeline, tmp_path):
                       tokenizer=pipeline.tokenizer_path)
     with pytest.raises(statistics.MissingStatisticsError, match="statistics not found"):
         loader.make_pipeline(cfg, image_size=SIZE, max_text_len=TEXT_LEN)
+    # computed ahead of the run, as `python -m vitra_jax.data.prepare` does, the run finds them
+    with cfg.unlocked():
+        cfg.compute_statistics = True
+    loader.prepare(cfg)
+    with cfg.unlocked():
+        cfg.compute_statistics = False
+    pipe = loader.make_pipeline(cfg, image_size=SIZE, max_text_len=TEXT_LEN)
+    np.testing.assert_array_equal(pipe.statistics.action_std, pipeline.statistics.action_std)
+
+
+def test_prepare_cli_reports_every_component(data_dir, pipeline):
+    out = subprocess.run([sys.executable, "-m", "vitra_jax.data.prepare", "--config", "configs/debug.py",
+                          f"--config.data.data_dir={data_dir}", f"--config.data.tokenizer={pipeline.tokenizer_path}",
+                          "--config.data.compute_statistics=False"], cwd=REPO, capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    store = pipeline.train_sources[0].store
+    assert (f"demo (hand_vla, weight 1): {store.num_episodes} episodes, {store.num_frames} frames at {store.path}; "
+            f"statistics over {pipeline.statistics.num_frames} frames") in out.stdout
+    assert "validation components: ['demo']" in out.stdout
+
+
+def test_statistics_of_the_demo_split_equal_the_procedural_targets(pipeline):
+    """A component's cached statistics equal the masked moments of the one-step targets recomputed from the
+    procedural episodes (demo_002 … demo_007 are train), each counted as is and mirrored."""
+    from tests.data.test_statistics import _mirror
+    from tfds_builders.hand_vla import demo
+    from vitra_jax.handspace import layout, trajectory
+
+    src = pipeline.train_sources[0]
+    st = loader.source_statistics(src, compute=False)  # the pipeline computed and cached them
+    assert len(list(pathlib.Path(src.store.path).glob("dataset_statistics_*.json"))) == 1
+    acts, masks = [], []
+    for i in range(2, 8):
+        ep, _ = demo.demo_episode(i, 0)
+        tg = trajectory.step_targets(ep.hands, ep.extrinsics)
+        m = layout.expand_hand_mask(tg.action_mask)
+        acts += [tg.action, _mirror(tg.action)]
+        masks += [m, np.concatenate([m[:, 51:], m[:, :51]], 1)]
+    x, m = np.concatenate(acts), np.concatenate(masks)
+    ref_mean = np.array([x[m[:, d], d].mean() for d in range(102)])
+    ref_std = np.array([x[m[:, d], d].std() for d in range(102)])
+    np.testing.assert_allclose(st.action_mean, ref_mean, atol=2e-6)
+    np.testing.assert_allclose(st.action_std, ref_std, atol=2e-6)
+    assert st.num_episodes == 6 and st.num_frames == 6 * 24
+
+
+def test_a_store_of_another_source_or_kind_is_refused(data_dir, pipeline, fixtures_dir, tmp_path):
+    # data_dir/frames/demo was converted from data_dir/tfds/...; another TFDS folder under the same name
+    built = next((data_dir / "tfds" / "hand_vla" / "demo").iterdir())
+    other = tmp_path / "copy" / built.name
+    shutil.copytree(built, other)
+    before = sorted(p.name for p in (data_dir / "frames" / "demo").rglob("*"))
+    with pytest.raises(ValueError, match=f"is converted from {built}, not from {other}"):
+        loader.make_pipeline(data_config(data_dir=str(data_dir), tokenizer=pipeline.tokenizer_path,
+                                         components=[component("demo", str(other))]),
+                             image_size=SIZE, max_text_len=TEXT_LEN)
+    assert sorted(p.name for p in (data_dir / "frames" / "demo").rglob("*")) == before
+    # an OXE dataset given the hand_vla kind
+    bridge = fixtures_dir / "oxe" / "bridge_dataset"
+    with pytest.raises(ValueError, match="has kind 'hand_vla' but .* holds a 'bridge_dataset' dataset"):
+        loader.make_pipeline(data_config(data_dir=str(tmp_path), tokenizer=pipeline.tokenizer_path,
+                                         components=[component("bridge_dataset", str(bridge))]),
+                             image_size=SIZE, max_text_len=TEXT_LEN)
 
 
 def test_bad_configuration_is_refused(data_dir, tmp_path):

@@ -137,7 +137,7 @@ def test_save_load_round_trip_and_missing_file(tmp_path):
         np.testing.assert_array_equal(getattr(back, f), getattr(st, f))
     assert (back.num_frames, back.num_episodes) == (10, 2)
     assert [p.name for p in tmp_path.iterdir()] == ["s.json"]  # no temp file left
-    with pytest.raises(S.MissingStatisticsError, match="python -m vitra_jax.data.statistics"):
+    with pytest.raises(S.MissingStatisticsError, match="python -m vitra_jax.data.prepare"):
         S.DatasetStatistics.load(tmp_path / "nope.json")
     with pytest.raises(ValueError, match=r"action_mask must have shape \(3, 102\)"):
         S.compute_statistics([{"action": np.zeros((3, 102)), "action_mask": np.ones((3, 5)),
@@ -201,35 +201,3 @@ def test_load_official_layout(tmp_path):
     (tmp_path / "bad.json").write_text(json.dumps(d))
     with pytest.raises(ValueError, match="need 'action_right'"):
         S.load_official(tmp_path / "bad.json")
-
-
-def test_statistics_of_a_built_hand_vla_split(tmp_path):
-    """The CLI path: statistics of the demo build's train split equal the masked moments of the one-step
-    targets recomputed from the procedural episodes (demo_002 … demo_007 are train), and are cached."""
-    import tensorflow_datasets as tfds
-
-    from tfds_builders.hand_vla import demo
-    from tfds_builders.hand_vla import hand_vla_dataset_builder as hv
-    from vitra_jax.handspace import layout, trajectory
-
-    builder = hv.Builder(config="demo", data_dir=str(tmp_path))
-    builder.download_and_prepare(download_config=tfds.download.DownloadConfig())
-    version_dir = tmp_path / "hand_vla" / "demo" / str(hv.Builder.VERSION)
-    st = S.dataset_statistics(version_dir, "train", progress=False)
-    acts, masks = [], []
-    for i in range(2, 8):
-        ep, _ = demo.demo_episode(i, 0)
-        tg = trajectory.step_targets(ep.hands, ep.extrinsics)
-        m = layout.expand_hand_mask(tg.action_mask)
-        acts += [tg.action, _mirror(tg.action)]
-        masks += [m, np.concatenate([m[:, 51:], m[:, :51]], 1)]
-    x, m = np.concatenate(acts), np.concatenate(masks)
-    ref_mean = np.array([x[m[:, d], d].mean() for d in range(102)])
-    ref_std = np.array([x[m[:, d], d].std() for d in range(102)])
-    np.testing.assert_allclose(st.action_mean, ref_mean, atol=2e-6)
-    np.testing.assert_allclose(st.action_std, ref_std, atol=2e-6)
-    assert st.num_episodes == 6 and st.num_frames == 6 * 24
-    cached = list(version_dir.glob("dataset_statistics_*.json"))
-    assert len(cached) == 1
-    again = S.dataset_statistics(version_dir, "train", progress=False)
-    np.testing.assert_array_equal(again.state_std, st.state_std)

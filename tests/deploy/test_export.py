@@ -147,14 +147,17 @@ def test_existing_bundle_is_refused_then_replaced_with_overwrite(exported, run, 
     shutil.copytree(exported[0], out)
     (out / "marker").write_text("old bundle")
     before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
-    with pytest.raises(FileExistsError, match="--overwrite"):
+    with pytest.raises(SystemExit, match=f"^vitra_jax.export: {out} exists; pass --overwrite to replace it$"):
         export.main(["--workdir", str(run.workdir), "--out", str(out)])
+    with pytest.raises(SystemExit, match=rf"^vitra_jax.export: .* has no checkpoint of step 1 \(it has \[{STEP}\]\)$"):
+        export.main(["--workdir", str(run.workdir), "--out", str(tmp_path / "c"), "--step", "1"])
     assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
     export.main(["--workdir", str(run.workdir), "--out", str(out), "--overwrite", "--step", str(STEP)])
     assert "parity: max" in capsys.readouterr().out
     assert not (out / "marker").exists()
     bundle_lib.verify_bundle(out)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b"]  # the old bundle was removed, no temp left
+    assert out.stat().st_mode & 0o077 != 0  # readable by others as a plain mkdir's folder (umask permitting)
     (tmp_path / "notes").mkdir()
     (tmp_path / "notes" / "keep.txt").write_text("mine")
     with pytest.raises(FileExistsError, match="not a policy bundle"):

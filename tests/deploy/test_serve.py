@@ -131,7 +131,11 @@ def _bad_instruction(rng):
     return wire.encode(make_obs(rng, instruction=["not", "a", "string"])), ["instruction", "string"]
 
 
-MALFORMED = [_wrong_shape, _missing_key, _garbage, _wrong_dtype, _bad_instruction]
+def _fov_in_degrees(rng):
+    return wire.encode(make_obs(rng, fov=np.array([60.0, 50.0]))), ["fov", "radians", "60.0"]
+
+
+MALFORMED = [_wrong_shape, _missing_key, _garbage, _wrong_dtype, _bad_instruction, _fov_in_degrees]
 
 
 def test_concurrent_clients_get_their_own_answers_in_batches(running, policy):
@@ -418,8 +422,16 @@ def tiny_bundle(root: pathlib.Path) -> pathlib.Path:
 
 
 def test_cli_refuses_bad_flags_before_loading_anything(tmp_path):
+    import socket
+
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen()
+    port = str(busy.getsockname()[1])
     for flags, words in ((["--max-batch", "0"], "--max-batch must be >= 1"),
-                         (["--cuda-graphs"], "--cuda-graphs needs --device cuda")):
+                         (["--cuda-graphs"], "--cuda-graphs needs --device cuda"),
+                         (["--port", port], f"cannot listen on 127.0.0.1:{port}: Address already in use"),
+                         (["--port", "0"], f"{tmp_path} is not a policy bundle")):
         out = subprocess.run([sys.executable, "-m", "vitra_jax.deploy.serve", "--bundle", str(tmp_path), *flags],
                              cwd=REPO, capture_output=True, text=True, timeout=60)
         assert out.returncode == 2 and words in out.stderr, out.stderr

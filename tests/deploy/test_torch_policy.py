@@ -205,8 +205,12 @@ def test_inputs_are_checked_and_options_named(timm_pair, tokenizer, normalizer):
     with pytest.raises(ValueError, match=r"observation 1: missing keys \['fov'\], unknown keys \['fovx'\]"):
         bad = {k: v for k, v in obs.items() if k != "fov"}
         deployed.predict_batch([obs, {**bad, "fovx": obs["fov"]}])
-    with pytest.raises(ValueError, match=r"observation 1: image must be uint8 \(H, W, 3\), got float32"):
+    with pytest.raises(ValueError, match=r"observation 1: image must be uint8 RGB, got dtype float32"):
         deployed.predict_batch([obs, {**obs, "image": obs["image"].astype(np.float32)}])
+    with pytest.raises(ValueError, match=r"observation 0: image sides must be in \[1, any\], got \(0, 5\)"):
+        deployed.predict_action(**{**obs, "image": np.zeros((0, 5, 3), np.uint8)})
+    with pytest.raises(ValueError, match=r"fov must be \(fov_x, fov_y\) in radians, each in \(0, π\), got \[60.0, 50.0\]"):
+        deployed.predict_action(**{**obs, "fov": np.array([60.0, 50.0])})
     with pytest.raises(ValueError, match="noise must have shape"):
         deployed.predict_action(**obs, noise=np.zeros((2, 16, 102)))
     with pytest.raises(ValueError, match="cuda_graphs needs a CUDA device"):

@@ -15,7 +15,7 @@ def _flat(tree):
             for path, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
-def test_debug_run_learns_sharded_and_freezes_siglip(tmp_path, debug_data_dir):
+def test_debug_run_learns_sharded_and_freezes_siglip(tmp_path, debug_data_dir, capsys):
     assert jax.device_count() == 8
     config = debug_config(debug_data_dir, num_steps=40, **{"checkpoint.every": 40, "val_every": 20,
                                                             "log_every": 10})
@@ -25,6 +25,7 @@ def test_debug_run_learns_sharded_and_freezes_siglip(tmp_path, debug_data_dir):
     result = train.train(config, tmp_path / "run")
     state = result["state"]
 
+    assert not result["preempted"]
     losses = np.array([result["losses"][s] for s in range(1, 41)])
     assert losses[-10:].mean() < 0.9 * losses[:10].mean(), losses
 
@@ -60,6 +61,16 @@ def test_debug_run_learns_sharded_and_freezes_siglip(tmp_path, debug_data_dir):
     # The same workdir with another model shape is refused before anything in it changes.
     before = sorted(str(p.relative_to(tmp_path)) for p in (tmp_path / "run").rglob("*"))
     other = debug_config(debug_data_dir, num_steps=41, **{"model.image_size": 64})
-    with pytest.raises(ValueError, match=r"holds a checkpoint of another model \(step 40\): .*pos_embedding"):
+    with pytest.raises(ValueError, match=r"holds a checkpoint of another model or optimizer \(step 40\): .*pos_embedding"):
         train.train(other, tmp_path / "run")
     assert sorted(str(p.relative_to(tmp_path)) for p in (tmp_path / "run").rglob("*")) == before
+    # ... and so is one whose train state has other entries (EMA switched on)
+    settings = {"checkpoint.every": 40, "val_every": 20, "log_every": 5}
+    other = debug_config(debug_data_dir, num_steps=41, **settings, **{"optim.ema_decay": 0.99})
+    with pytest.raises(ValueError, match=r"another model or optimizer \(step 40\): missing \.ema_params"):
+        train.train(other, tmp_path / "run")
+    assert sorted(str(p.relative_to(tmp_path)) for p in (tmp_path / "run").rglob("*")) == before
+    # Settings that keep the state's layout may change; the resumed run names them.
+    capsys.readouterr()
+    train.train(debug_config(debug_data_dir, num_steps=41, **settings), tmp_path / "run")
+    assert "resuming with changed settings: log_every: 10 -> 5; num_steps: 40 -> 41" in capsys.readouterr().out

@@ -96,7 +96,7 @@ def test_sigterm_saves_the_current_step_and_stops(tmp_path, debug_data_dir):
     threading.Thread(target=preempt, daemon=True).start()
     result = train.train(config, tmp_path / "run")
     last = result["final_step"]
-    assert 2 <= last < 500  # stopped early, before any periodic checkpoint was due
+    assert 2 <= last < 500 and result["preempted"]  # stopped early, before any periodic checkpoint was due
     saved = sorted(int(p.name) for p in (tmp_path / "run" / "checkpoints").glob("[0-9]*"))
     assert saved == [last]
     assert signal.getsignal(signal.SIGTERM) is not None  # the previous handler is back

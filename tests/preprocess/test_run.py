@@ -2,14 +2,18 @@
 backend recorded per clip while the run goes on, the summary's counts."""
 
 import json
+import os
+import pathlib
 import stat
+import subprocess
+import sys
 
 import cv2
 import numpy as np
 import pytest
 
 from preprocess import config as config_lib
-from preprocess import graph, store
+from preprocess import errors, graph, store
 from preprocess import run as run_lib
 from preprocess.hands import mediapipe_env
 from tests.preprocess import vitra_example
@@ -33,9 +37,9 @@ def test_list_videos(tmp_path):
                                                                          str(tmp_path / "b.mp4")]
     assert graph.list_videos(str(tmp_path / "b.mp4"), config_lib.VIDEO_SUFFIXES) == [str(tmp_path / "b.mp4")]
     (tmp_path / "a.mp4").write_bytes(b"")
-    with pytest.raises(ValueError, match="two videos share the id 'a'"):
+    with pytest.raises(errors.ConfigError, match="two videos share the id 'a'"):
         graph.list_videos(str(tmp_path), config_lib.VIDEO_SUFFIXES)
-    with pytest.raises(FileNotFoundError, match="no such file or folder"):
+    with pytest.raises(errors.ConfigError, match="no such file or folder"):
         graph.list_videos(str(tmp_path / "missing"), config_lib.VIDEO_SUFFIXES)
 
 
@@ -54,6 +58,50 @@ def test_result_settings_are_saved_and_enforced(tmp_path):
     cfg.hands.backend = "precomputed"
     with pytest.raises(run_lib.SettingsMismatch, match=r"\(hands.backend, segment.min_segment_seconds differ\)"):
         run_lib.check_settings(run_lib.epath.Path(tmp_path), cfg)
+
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+
+
+def test_settings_errors_come_before_any_work(tmp_path, monkeypatch):
+    inputs = tmp_path / "videos"
+    inputs.mkdir()
+    _still_video(inputs / "one.mp4")
+    out = tmp_path / "out"
+    cfg = config_lib.get_config()
+    cfg.caption.backend = "none"
+    with pytest.raises(errors.ConfigError, match="no mano_dir is configured"):
+        run_lib.label(str(inputs), str(out), cfg)
+    cfg.hands.backend = "precomputed"
+    with pytest.raises(errors.ConfigError, match="set hands.path"):
+        run_lib.label(str(inputs), str(out), cfg)
+    cfg.hands.path = str(tmp_path / "{video_id}.npz")
+    cfg.caption.backend = "openai"
+    monkeypatch.delenv(cfg.caption.api_key_env, raising=False)
+    with pytest.raises(errors.ConfigError, match=f"no API key: the environment variable {cfg.caption.api_key_env}"):
+        run_lib.label(str(inputs), str(out), cfg)
+    with pytest.raises(errors.ConfigError, match="no such file or folder"):
+        run_lib.label(str(tmp_path / "missing"), str(out), cfg)
+    assert not out.exists()  # nothing claimed the output folder
+
+
+def test_command_line_errors_are_one_line(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "OPENAI_API_KEY"}
+    got = subprocess.run([sys.executable, "-m", "preprocess.run", "--input", str(tmp_path / "missing"), "--output",
+                          str(tmp_path / "out")], cwd=REPO, capture_output=True, text=True, timeout=300, env=env)
+    assert got.returncode == 1 and "Traceback" not in got.stderr
+    assert got.stderr.strip().splitlines()[-1] == f"preprocess.run: --input {tmp_path / 'missing'}: no such file or folder"
+    assert not (tmp_path / "out").exists()
+
+
+def test_another_mano_model_is_another_run(tmp_path):
+    cfg = config_lib.get_config()
+    a = write_synthetic_mano(tmp_path / "a")
+    b = write_synthetic_mano(tmp_path / "b", pose_correctives=False)
+    run_lib.check_settings(run_lib.epath.Path(tmp_path / "out"), cfg, str(a))
+    run_lib.check_settings(run_lib.epath.Path(tmp_path / "out"), cfg, str(tmp_path / "a" / "MANO_RIGHT.pkl"))
+    with pytest.raises(run_lib.SettingsMismatch, match=r"\(hands.mano_sha256 differ\)"):
+        run_lib.check_settings(run_lib.epath.Path(tmp_path / "out"), cfg, str(b))
 
 
 def test_crashing_hand_backend_is_recorded_per_clip(tmp_path):

@@ -1,6 +1,7 @@
 """hand_vla builder: demo build in both file formats, splits, OXE-style reading, bad-input skips, Beam, the
 tfds CLI, on-the-fly undistortion."""
 
+import json
 import os
 import pathlib
 import shutil
@@ -123,11 +124,12 @@ def _write_bad_inputs(root: pathlib.Path, fixtures: pathlib.Path) -> None:
     (root / "garbage.mp4").write_bytes(b"not a video" * 100)
     variant("corrupt", meta.replace(str(fixtures / CLIP), str(root / "garbage.mp4")))
     variant("broken", meta[: len(meta) // 2])  # truncated JSON
+    variant("uncaptioned", json.dumps({**json.loads(meta), "text": {}}))  # labelled with --captioner=none
 
 
 LENIENT = hv.HandVlaConfig(name="episodes_lenient", source="episodes", max_skip_fraction=1.0)
-BAD_COUNTS = {"length_mismatch": 1, "missing_video": 1, "no_valid_frames": 1, "non_finite": 1,
-              "unreadable_input": 1, "unreadable_video": 1}
+BAD_COUNTS = {"length_mismatch": 1, "missing_video": 1, "no_instruction": 1, "no_valid_frames": 1,
+              "non_finite": 1, "unreadable_input": 1, "unreadable_video": 1}
 
 
 def test_bad_inputs_are_skipped_and_counted(fixtures_dir, tmp_path):
@@ -140,8 +142,8 @@ def test_bad_inputs_are_skipped_and_counted(fixtures_dir, tmp_path):
     built = tfds.builder_from_directory(str(tmp_path / "out/hand_vla/episodes_lenient" / VERSION))
     (ep,) = built.as_dataset(split="train")
     assert ep["episode_metadata"]["file_path"].numpy().decode().endswith("good")
-    # With the default limit (5 %), 6 skips among 7 inputs fail the build, naming the counts.
-    with pytest.raises(RuntimeError, match=r"6 of 7 inputs skipped \(85.7%\), more than max_skip_fraction 5.0% "
+    # With the default limit (5 %), 7 skips among 8 inputs fail the build, naming the counts.
+    with pytest.raises(RuntimeError, match=r"7 of 8 inputs skipped \(87.5%\), more than max_skip_fraction 5.0% "
                                            r"\(length_mismatch=1, .*unreadable_video=1\)"):
         _build("episodes", tmp_path / "strict", manual)
     assert not list((tmp_path / "strict").rglob("dataset_info.json"))
@@ -170,7 +172,7 @@ def test_no_usable_episode_fails_without_a_finished_dataset(fixtures_dir, tmp_pa
     _write_bad_inputs(manual, fixtures_dir)
     for p in manual.glob("good.*"):
         p.unlink()
-    with pytest.raises(RuntimeError, match="no usable episode among 5 train inputs"):
+    with pytest.raises(RuntimeError, match="no usable episode among 6 train inputs"):
         _build("episodes", tmp_path / "out", manual)
     assert not list((tmp_path / "out").rglob("dataset_info.json"))
     for p in manual.iterdir():  # only an episode whose metadata does not parse: refused before any split

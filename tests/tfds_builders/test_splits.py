@@ -30,3 +30,16 @@ def test_vitra1m_group_is_dataset_and_video_name():
     assert sources.vitra1m_group("/raw/Ego4D/episodic_annotations/Ego4D_3a1b-c2_ep_000012.npy") == "Ego4D/3a1b-c2"
     assert sources.vitra1m_group("/raw/epic/episodic_annotations/epic_P01_01_ep_000003.npy") == "epic/P01_01"
     assert sources.vitra1m_group("/raw/ssv2/episodic_annotations/ssv2_1234_ep_7.npy") == "ssv2/1234"
+
+
+def test_vitra1m_inputs_are_listed_from_the_root_or_one_sub_dataset(tmp_path):
+    for name in ("epic/episodic_annotations/epic_P01_01_ep_000003.npy",
+                 "epic/episodic_annotations/epic_P01_01_ep_000001.npy",
+                 "ssv2/episodic_annotations/ssv2_1234_ep_7.npy", "ssv2/videos/1234.webm"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).touch()
+    root = [str(tmp_path / n) for n in ("epic/episodic_annotations/epic_P01_01_ep_000001.npy",
+                                        "epic/episodic_annotations/epic_P01_01_ep_000003.npy",
+                                        "ssv2/episodic_annotations/ssv2_1234_ep_7.npy")]
+    assert sources.list_vitra1m(tmp_path) == root
+    assert sources.list_vitra1m(tmp_path / "epic") == root[:2]  # one build per sub-dataset

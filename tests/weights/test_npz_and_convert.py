@@ -70,7 +70,7 @@ def _dit_t_run(root, qk_norm="timm_0_9_10"):
     from vitra_jax.models.policy import PolicyConfig, VitraPolicy
 
     cfg = PolicyConfig(vlm=tiny_config(), dit=DiTConfig(depth=3, width=256, num_heads=4, token_size=48,
-                                                         qk_norm=qk_norm), repeats=2)
+                                                         qk_norm=qk_norm), repeats=2, max_text_len=40)
     shapes = jax.eval_shape(VitraPolicy(cfg).init, jax.random.key(0))
     rng = np.random.default_rng(5)
     params = names.unflatten({k: rng.normal(size=v.shape).astype(np.float32)
@@ -106,7 +106,7 @@ def test_convert_cli_official_round_trip_through_the_release_layout(tmp_path):
                      ("dataset_statistics.json", "statistics/dataset_statistics.json")):
         (hub / dst).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(tmp_path / "off" / src, hub / dst)
-    convert.main(["--from", "official", "--src", str(hub / "checkpoints" / "weights.pt"), "--config", "tiny",
+    convert.main(["--from", "official", "--src", str(hub), "--config", "tiny", "--max_text_len", "40",
                   "--out", str(tmp_path / "back")])
     back = read_run(tmp_path / "back", need_tokenizer=False)
     assert back.cfg == cfg and back.step == 0
@@ -120,16 +120,16 @@ def test_convert_cli_official_round_trip_through_the_release_layout(tmp_path):
 
 def test_convert_to_official_refuses_an_rms_run_and_writes_nothing(tmp_path):
     _dit_t_run(tmp_path / "run", qk_norm="rms")
-    with pytest.raises(ValueError, match="dit.qk_norm is 'rms'"):
+    with pytest.raises(SystemExit, match="^vitra_jax.weights.convert: the release cannot express .*dit.qk_norm is 'rms'"):
         convert.main(["--to", "official", "--src", str(tmp_path / "run"), "--out", str(tmp_path / "off"),
                       "--vlm_name", "x"])
     assert not (tmp_path / "off").exists()
-    with pytest.raises(FileNotFoundError, match="no official checkpoint at .*run/weights.pt"):
+    with pytest.raises(SystemExit, match="no official checkpoint at .*run/weights.pt"):
         convert.main(["--from", "official", "--src", str(tmp_path / "run"), "--out", str(tmp_path / "o2")])
     import torch
 
     torch.save({}, tmp_path / "run" / "weights.pt")
-    with pytest.raises(ValueError, match=r"run/config.json is not a release config.json"):
+    with pytest.raises(SystemExit, match=r"run/config.json is not a release config.json"):
         convert.main(["--from", "official", "--src", str(tmp_path / "run" / "weights.pt"), "--out",
                       str(tmp_path / "o2")])
     assert not (tmp_path / "o2").exists()

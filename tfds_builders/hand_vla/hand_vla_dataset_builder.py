@@ -134,6 +134,9 @@ class Builder(tfds.core.GeneratorBasedBuilder):
             if not items:
                 raise FileNotFoundError(f"no {cfg.source} inputs under {manual}: {self.MANUAL_DOWNLOAD_INSTRUCTIONS}")
         self._num_inputs = len(items)
+        if self.skipped:
+            logging.warning("hand_vla: %d of %d inputs skipped before the train/val assignment: %s",
+                            sum(self.skipped.values()), len(items), _summary(self.skipped))
         # episode_id = position in the sorted list of all inputs, unique across splits
         jobs = [(i, item, g) for i, (item, g) in enumerate(zip(items, groups)) if g is not None]
         if not jobs:

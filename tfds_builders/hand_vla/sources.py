@@ -96,12 +96,19 @@ def episode_file_group(stem: str) -> str:
 def load_episode_file(stem: str, short_side: int) -> tuple[episode_lib.Episode, np.ndarray]:
     ep = episode_lib.read_episode(stem)
     episode_lib.validate(ep)
+    if not ep.text.get(ep.main_hand):  # its instruction would read "None." for the hand that moves
+        raise episode_lib.EpisodeError(
+            "no_instruction", f"{stem}: the main hand ({ep.main_hand}) has no caption (labelled with "
+            "--captioner=none?); caption the episodes before building")
     return ep, video.read_frames(ep.video, ep.frame_index, short_side)
 
 
 def list_vitra1m(manual_dir: Path) -> list[str]:
-    """Every released annotation `{dataset}/episodic_annotations/*.npy` under manual_dir, sorted."""
-    return sorted(str(p) for p in Path(manual_dir).glob("*/episodic_annotations/*.npy"))
+    """Every released annotation `{dataset}/episodic_annotations/*.npy` under manual_dir, sorted; manual_dir
+    may also be one `{dataset}` folder (one build per sub-dataset, as the mixture weighs them)."""
+    pattern = "episodic_annotations/*.npy" if (Path(manual_dir) / "episodic_annotations").is_dir() else \
+        "*/episodic_annotations/*.npy"
+    return sorted(str(p) for p in Path(manual_dir).glob(pattern))
 
 
 def vitra1m_group(npy: str) -> str:

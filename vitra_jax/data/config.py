@@ -57,7 +57,6 @@ def data_config(**overrides: Any) -> ml_collections.ConfigDict:
     c.tokenizer_vocab = 0              # > 0: train a sentencepiece model of this size if `tokenizer` is missing
     c.statistics = ""                  # normalization json; '' = compute once per dataset and cache under data_dir
     c.compute_statistics = True        # False: a missing statistics file is an error (MissingStatisticsError)
-    c.statistics_max_episodes = 0      # > 0: fit statistics on at most this many episodes per component
     c.augment = False                  # trajectory-aware augmentation (crop/warp, flip, colour), VITRA §3.4
     c.augment_config = ml_collections.ConfigDict()  # AugmentConfig field overrides
     c.state_dropout = 0.1              # with augmentation: P(both hand states dropped), release state_mask_prob

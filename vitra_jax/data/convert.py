@@ -46,21 +46,22 @@ def _items(feature):
 
 
 def image_keys_of(step_feature, prefix: str = "") -> list[str]:
-    """'/'-joined paths of the Image features of a step FeaturesDict, in spec order."""
+    """'/'-joined paths of the Image features of a step FeaturesDict, sorted (TFDS's own order of a
+    FeaturesDict differs between processes)."""
     out = []
-    for name, f in _items(step_feature):
+    for name, f in sorted(_items(step_feature), key=lambda kv: kv[0]):
         if _is_image(f):
             out.append(prefix + name)
         elif _items(f) is not None:
             out += image_keys_of(f, prefix + name + "/")
-    return out
+    return sorted(out)
 
 
 def feature_spec(feature) -> dict | str:
     """A JSON-able summary of a FeaturesDict: leaf -> "Class shape dtype"."""
     items = _items(feature)
     if items is not None:
-        return {k: feature_spec(f) for k, f in items}
+        return {k: feature_spec(f) for k, f in sorted(items, key=lambda kv: kv[0])}
     inner = getattr(feature, "feature", None)
     if inner is not None:  # Sequence / Dataset
         return {type(feature).__name__: feature_spec(inner)}
@@ -221,6 +222,23 @@ def _run_job(job: _Job, on_episode=None) -> int:
     return job.stop - job.start
 
 
+def _check_plan(builder, split: str, out: Path, image_keys: list[str], per_shard: int) -> dict:
+    """The record of what `out/split` is converted from and how; refuses a folder holding another one."""
+    source = {"name": builder.info.name, "version": str(builder.info.version), "dir": str(builder.data_dir),
+              "file_format": builder.info.file_format.value, "split": split,
+              "shard_lengths": list(builder.info.splits[split].shard_lengths)}
+    plan = {"source": source, "image_keys": image_keys, "episodes_per_shard": per_shard,
+            "format_version": frames.FORMAT_VERSION}
+    plan_file = out / split / PLAN_FILE
+    if plan_file.is_file():
+        held = json.loads(plan_file.read_text())
+        if held != plan:
+            differ = sorted(k for k in plan if held.get(k) != plan[k])
+            raise ConvertError(f"{out / split} holds a conversion of {held.get('source', {}).get('dir')} with other "
+                               f"{' and '.join(differ)}; remove it or rerun with the same arguments")
+    return plan
+
+
 def convert_split(builder, split: str, out: Path, image_keys: list[str], per_shard: int,
                   progress: bool = True, workers: int = 1) -> frames.FrameStore:
     """Convert one split of `builder` into `out/split`, resuming finished shards; `workers` > 1 writes
@@ -230,16 +248,10 @@ def convert_split(builder, split: str, out: Path, image_keys: list[str], per_sha
     features = builder.info.features
     split_dir = out / split
     shards = _plan(builder, split, per_shard)
-    source = {"name": builder.info.name, "version": str(builder.info.version), "dir": str(builder.data_dir),
-              "file_format": builder.info.file_format.value, "split": split,
-              "shard_lengths": list(builder.info.splits[split].shard_lengths)}
-    plan = {"source": source, "image_keys": image_keys, "episodes_per_shard": per_shard,
-            "format_version": frames.FORMAT_VERSION}
+    plan = _check_plan(builder, split, out, image_keys, per_shard)
+    source = plan["source"]
     plan_file = split_dir / PLAN_FILE
     if plan_file.is_file():
-        if json.loads(plan_file.read_text()) != plan:
-            raise ConvertError(f"{split_dir} holds a conversion with other settings or another source; remove "
-                               "it or rerun with the same arguments")
         if (split_dir / frames.STORE_FILE).is_file():
             return frames.FrameStore(split_dir)
     else:
@@ -309,6 +321,9 @@ def convert(src: str | Path, out: str | Path, splits: Sequence[str] | str | None
     if not all_keys:
         raise ConvertError(f"{src}: the steps have no image feature")
     keys = _resolve_keys(image_key, all_keys, builder.info.name)
+    for split in splits:  # every check before the first write: a refused conversion changes nothing
+        _plan(builder, split, episodes_per_shard)
+        _check_plan(builder, split, out, keys, episodes_per_shard)
     out.mkdir(parents=True, exist_ok=True)
     _copy_metadata(src, out)
     for split in splits:
@@ -320,7 +335,10 @@ def main(argv) -> None:
     del argv
     splits = [s for s in _SPLIT.value.split(",") if s] if _SPLIT.value else None
     keys = [k for k in _IMAGE_KEY.value.split(",") if k] if _IMAGE_KEY.value else None
-    out = convert(_SRC.value, _OUT.value, splits, keys, _PER_SHARD.value, workers=_WORKERS.value)
+    try:
+        out = convert(_SRC.value, _OUT.value, splits, keys, _PER_SHARD.value, workers=_WORKERS.value)
+    except ConvertError as e:
+        raise SystemExit(f"vitra_jax.data.convert: {e}") from None
     for split in splits or sorted(p.parent.name for p in out.glob(f"*/{frames.STORE_FILE}")):
         s = frames.open_store(out, split)
         print(f"{split}: {s.num_episodes} episodes, {s.num_frames} frames, images {list(s.image_keys)}, "

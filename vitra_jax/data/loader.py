@@ -19,6 +19,7 @@ each step skipped when its output exists.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import pathlib
 import threading
@@ -197,9 +198,14 @@ def _frames_root(comp: dict, cfg: ml_collections.ConfigDict) -> pathlib.Path:
     src = _tfds_dir(path)
     if src is not None:
         out = _data_dir(cfg) / "frames" / comp["name"]
-        if not (out / comp["split"] / "store.json").is_file():  # a rerun resumes an interrupted conversion
-            from vitra_jax.data import convert
+        from vitra_jax.data import convert
 
+        plan = out / comp["split"] / convert.PLAN_FILE
+        made_from = json.loads(plan.read_text())["source"]["dir"] if plan.is_file() else None
+        if made_from is not None and pathlib.Path(made_from).resolve() != src.resolve():
+            raise ValueError(f"component {comp['name']!r}: {out} is converted from {made_from}, not from {src}; "
+                             "remove that folder to convert this source, or give the component another name")
+        if not (out / comp["split"] / "store.json").is_file():  # a rerun resumes an interrupted conversion
             image_key = oxe.get(comp["name"]).image_key if comp["kind"] == "oxe" else None
             logging.info("converting %s to a frame store at %s", src, out)
             convert.convert(src, out, image_key=image_key)
@@ -210,7 +216,16 @@ def _frames_root(comp: dict, cfg: ml_collections.ConfigDict) -> pathlib.Path:
 
 def _open(comp: dict, root: pathlib.Path, split: str) -> transforms.Source:
     entry = oxe.get(comp["name"]) if comp["kind"] == "oxe" else None
-    return transforms.Source(comp["name"], comp["kind"], open_store(root, split), entry)
+    store = open_store(root, split)
+    held = store.info["source"]["name"]
+    if (held == "hand_vla") != (comp["kind"] == "hand_vla"):
+        raise ValueError(f"component {comp['name']!r} has kind {comp['kind']!r} but {root} holds a {held!r} "
+                         "dataset; hand_vla builds take kind 'hand_vla', OXE datasets kind 'oxe' and their "
+                         "registry name")
+    if comp["kind"] == "oxe" and held != comp["name"] and held in oxe.REGISTRY:
+        raise ValueError(f"component {comp['name']!r}: {root} holds the OXE dataset {held!r}; its registry "
+                         "entry (image key, action mapping) is chosen by the component name, so name it so")
+    return transforms.Source(comp["name"], comp["kind"], store, entry)
 
 
 def _data_dir(cfg: ml_collections.ConfigDict) -> pathlib.Path:
@@ -289,23 +304,19 @@ def _episode_arrays(src: transforms.Source):
                    "state": ep["observation"]["state"], "state_mask": ep["observation"]["state_mask"]}
 
 
-def _statistics(cfg: ml_collections.ConfigDict, sources: list[transforms.Source],
-                weights: dict[str, float]) -> statistics.DatasetStatistics:
-    if cfg.statistics:
-        return statistics.DatasetStatistics.load(cfg.statistics)
-    per = {}
-    for src in sources:
-        fp = statistics.fingerprint(src.store.info["fingerprint"], src.kind, src.name)
-        cache_dir = src.store.path
+def source_statistics(src: transforms.Source, *, compute: bool = True,
+                      progress: bool = False) -> statistics.DatasetStatistics:
+    """One component's statistics, cached in its frame store folder and keyed by the store's fingerprint,
+    the kind and the name (an OXE name chooses the mapping); computed on a miss when `compute`."""
+    fp = statistics.fingerprint(src.store.info["fingerprint"], src.kind, src.name)
 
-        def compute(src=src, cache_dir=cache_dir, fp=fp):
-            if not cfg.compute_statistics:
-                raise statistics.MissingStatisticsError(pathlib.Path(cache_dir) / statistics.cache_name(fp))
-            # robot data is never mirrored (see transforms.Augment), so its statistics count no flips
-            return statistics.compute_statistics(_episode_arrays(src), flip=src.kind == "hand_vla",
-                                                 progress=False, total=src.store.num_episodes)
-        per[src.name] = statistics.cached_statistics(cache_dir, fp, compute)
-    return statistics.combine(per, weights)
+    def fit():
+        if not compute:
+            raise statistics.MissingStatisticsError(pathlib.Path(src.store.path) / statistics.cache_name(fp))
+        # robot data is never mirrored (see transforms.Augment), so its statistics count no flips
+        return statistics.compute_statistics(_episode_arrays(src), flip=src.kind == "hand_vla",
+                                             progress=progress, total=src.store.num_episodes)
+    return statistics.cached_statistics(src.store.path, fp, fit)
 
 
 def resolve_components(cfg: ml_collections.ConfigDict) -> list[dict]:
@@ -313,7 +324,8 @@ def resolve_components(cfg: ml_collections.ConfigDict) -> list[dict]:
     comps = [dict(c) for c in cfg.components]
     if not comps:
         if not cfg.build_demo:
-            raise ValueError("data.components is empty and data.build_demo is off: nothing to train on")
+            raise ValueError("data.components is empty and data.build_demo is off: nothing to train on (the "
+                             "recipes take their datasets as an argument, e.g. --config=configs/pretrain.py:frames=DIR)")
         path = build_demo(_data_dir(cfg), cfg.demo_config)
         return [{"name": cfg.demo_config, "kind": "hand_vla", "path": str(path), "weight": 1.0, "split": "train"}]
     for c in comps:
@@ -331,8 +343,26 @@ def resolve_components(cfg: ml_collections.ConfigDict) -> list[dict]:
     return comps
 
 
-def make_pipeline(data_cfg: ml_collections.ConfigDict, *, image_size: int, max_text_len: int) -> Pipeline:
-    """Opens (building the demo if asked) every component, the tokenizer and the statistics."""
+@dataclasses.dataclass(frozen=True)
+class Prepared:
+    """A data config's opened components, tokenizer and per-component statistics."""
+
+    train: list[transforms.Source]
+    val: list[transforms.Source]
+    weights: dict[str, float]
+    tokenizer: str
+    statistics: dict[str, statistics.DatasetStatistics]
+
+    def combined_statistics(self, cfg: ml_collections.ConfigDict) -> statistics.DatasetStatistics:
+        """`data.statistics` if set, else the components' statistics averaged by mixture weight."""
+        if cfg.statistics:
+            return statistics.DatasetStatistics.load(cfg.statistics)
+        return statistics.combine(self.statistics, self.weights)
+
+
+def prepare(data_cfg: ml_collections.ConfigDict, *, progress: bool = False) -> Prepared:
+    """Everything a run needs before its first batch, each step skipped when its output exists: the demo
+    build, TFDS -> frame store conversion, the tokenizer, per-component statistics."""
     comps = resolve_components(data_cfg)
     train, val = [], []
     for c in comps:
@@ -342,5 +372,13 @@ def make_pipeline(data_cfg: ml_collections.ConfigDict, *, image_size: int, max_t
             val.append(_open(c, root, data_cfg.val_split))
     weights = {c["name"]: float(c["weight"]) for c in comps}
     tok = _tokenizer(data_cfg, train)
-    stats = _statistics(data_cfg, train, weights)
-    return Pipeline(data_cfg, train, val, weights, tok, stats, image_size=image_size, max_text_len=max_text_len)
+    stats = {} if data_cfg.statistics else {
+        s.name: source_statistics(s, compute=data_cfg.compute_statistics, progress=progress) for s in train}
+    return Prepared(train, val, weights, tok, stats)
+
+
+def make_pipeline(data_cfg: ml_collections.ConfigDict, *, image_size: int, max_text_len: int) -> Pipeline:
+    """Opens (building the demo if asked) every component, the tokenizer and the statistics."""
+    p = prepare(data_cfg)
+    return Pipeline(data_cfg, p.train, p.val, p.weights, p.tokenizer, p.combined_statistics(data_cfg),
+                    image_size=image_size, max_text_len=max_text_len)

@@ -1,7 +1,7 @@
 """Normalization statistics of the 102-d single-step actions and states, as the release computes them.
 
-    python -m vitra_jax.data.statistics --dataset_dir=DATA/hand_vla/vitra1m/1.3.0 [--split=train]
-
+The loader computes them per mixture component on first use and caches them in the component's frame store
+(`loader.source_statistics`); `python -m vitra_jax.data.prepare --config=...` does it ahead of a run.
 The release (`calculate_statistics.py`) runs its dataset with augmentation on and a one-step action window
 (`action_future_window_size=0`), and takes per-hand mean and std over the frames where that hand is valid;
 a mixture then averages the per-dataset means and stds with weights ∝ mixture weight × frames (not a pooled
@@ -58,9 +58,9 @@ class MissingStatisticsError(FileNotFoundError):
 
     def __init__(self, path: str | os.PathLike):
         super().__init__(
-            f"normalization statistics not found at {path}; compute them with "
-            "`python -m vitra_jax.data.statistics --dataset_dir=<hand_vla version dir>` or in Python with "
-            "vitra_jax.data.statistics.cached_statistics(dir, fingerprint, lambda: compute_statistics(episodes))")
+            f"normalization statistics not found at {path}; compute them ahead of the run with "
+            "`python -m vitra_jax.data.prepare --config=<the training config>`, or let the run compute them "
+            "(data.compute_statistics=True)")
 
 
 class _Accumulator:
@@ -337,50 +337,3 @@ def load_official(path: str | os.PathLike) -> DatasetStatistics:
             out[f"{kind}_{f}"] = np.concatenate(v)
         out[f"{kind}_q01"] = out[f"{kind}_q99"] = np.full(_DIM, np.nan)
     return DatasetStatistics(**out, num_frames=num, num_episodes=0)
-
-
-def rlds_episodes(dataset_dir: str | os.PathLike, split: str = "train") -> tuple[Iterable[dict], int]:
-    """(episodes, count) of a built hand_vla dataset for `compute_statistics` (images are not decoded)."""
-    import tensorflow_datasets as tfds
-
-    builder = tfds.builder_from_directory(str(dataset_dir))
-    skip = {"steps": {"observation": {"image": tfds.decode.SkipDecoding()}}}
-    ds = builder.as_dataset(split=split, decoders=skip)
-    keep = lambda ep: {"action": ep["steps"]["action"], "action_mask": ep["steps"]["action_mask"],
-                       "state": ep["steps"]["observation"]["state"],
-                       "state_mask": ep["steps"]["observation"]["state_mask"]}
-    ds = ds.map(lambda ep: {**ep, "steps": ep["steps"].batch(1 << 20).get_single_element()}).map(keep)
-    return tfds.as_numpy(ds), builder.info.splits[split].num_examples
-
-
-def dataset_statistics(dataset_dir: str | os.PathLike, split: str = "train",
-                       progress: bool = True) -> DatasetStatistics:
-    """Cached statistics of one split of a built hand_vla dataset, keyed by its dataset_info.json."""
-    info = pathlib.Path(dataset_dir) / "dataset_info.json"
-    if not info.is_file():
-        raise FileNotFoundError(f"{dataset_dir} is not a built TFDS dataset version folder (no dataset_info.json)")
-
-    def compute() -> DatasetStatistics:
-        episodes, total = rlds_episodes(dataset_dir, split)
-        return compute_statistics(episodes, progress=progress, total=total)
-    return cached_statistics(dataset_dir, fingerprint(info.read_text(), split), compute)
-
-
-def main(argv) -> None:
-    del argv
-    stats = dataset_statistics(FLAGS.dataset_dir, FLAGS.split)
-    print(f"{stats.num_episodes} episodes, {stats.num_frames} frames")
-    if FLAGS.out:
-        stats.save(FLAGS.out)
-        print(f"written to {FLAGS.out}")
-
-
-if __name__ == "__main__":
-    from absl import app, flags
-
-    flags.DEFINE_string("dataset_dir", None, "a built hand_vla version folder (holds dataset_info.json)",
-                        required=True)
-    flags.DEFINE_string("split", "train", "split to count")
-    flags.DEFINE_string("out", None, "also write the statistics json here")
-    FLAGS = flags.FLAGS
-    app.run(main)

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from vitra_jax.data.observation import action_outputs, normalized_state
+from vitra_jax.deploy import checks
 from vitra_jax.deploy.policy import DeployConfig, TorchVitraPolicy
 from vitra_jax.deploy.preprocess import prepare_images
 from vitra_jax.deploy.sampling import SAMPLING_DEFAULTS
@@ -115,12 +116,18 @@ class DeployedPolicy:
             raise ValueError(f"observation {i}: missing keys {missing}, unknown keys {unknown}")
         if not isinstance(obs["instruction"], str):
             raise ValueError(f"observation {i}: instruction must be a str, got {type(obs['instruction']).__name__}")
+        problem = checks.image_problem(obs["image"])
+        if problem:
+            raise ValueError(f"observation {i}: {problem}")
         shapes = {"state": (c.state_dim,), "state_mask": (c.state_dim,), "action_mask": (c.chunk_len, c.action_dim),
                   "fov": (2,)}
         for k, shape in shapes.items():
             v = np.asarray(obs[k], np.float64)
             if v.shape != shape or not np.all(np.isfinite(v)):
                 raise ValueError(f"observation {i}: {k} must be finite with shape {shape}, got {v.shape}")
+        problem = checks.fov_problem(obs["fov"])
+        if problem:
+            raise ValueError(f"observation {i}: {problem}")
         opts = {k: obs[k] if obs.get(k) is not None else v for k, v in SAMPLING_DEFAULTS.items()}
         opts = {"num_samples": int(opts["num_samples"]), "cfg_scale": float(opts["cfg_scale"]),
                 "num_ddim_steps": int(opts["num_ddim_steps"]), "use_ddim": bool(opts["use_ddim"])}

@@ -29,6 +29,7 @@ import http
 import json
 import logging
 import signal
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -39,7 +40,7 @@ from websockets.asyncio.server import ServerConnection, serve as ws_serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
-from vitra_jax.deploy import wire
+from vitra_jax.deploy import checks, wire
 from vitra_jax.deploy.sampling import ddim_timesteps
 
 log = logging.getLogger(__name__)
@@ -119,13 +120,9 @@ def validate_request(msg: Any, spec: RequestSpec) -> tuple[dict, Any]:
         raise RequestError(f"unknown key(s) {unknown}; allowed: {list(REQUIRED_KEYS) + list(OPTIONAL_KEYS)} "
                            "and request_id")
     image = msg["image"]
-    if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3:
-        shape = image.shape if isinstance(image, np.ndarray) else type(image).__name__
-        raise RequestError(f"image must be a uint8 array of shape (H, W, 3), got {shape}")
-    if image.dtype != np.uint8:
-        raise RequestError(f"image must be uint8 RGB, got dtype {image.dtype}")
-    if not (min(image.shape[:2]) >= 1 and max(image.shape[:2]) <= MAX_IMAGE_SIDE):
-        raise RequestError(f"image sides must be in [1, {MAX_IMAGE_SIDE}], got {image.shape[:2]}")
+    problem = checks.image_problem(image, MAX_IMAGE_SIDE)
+    if problem:
+        raise RequestError(problem)
     if not isinstance(msg["instruction"], str):
         raise RequestError(f"instruction must be a string, got {type(msg['instruction']).__name__}")
     obs = {"image": image, "instruction": msg["instruction"],
@@ -133,6 +130,9 @@ def validate_request(msg: Any, spec: RequestSpec) -> tuple[dict, Any]:
            "state_mask": _array(msg, "state_mask", (spec.state_dim,), "biuf", "bool or numeric"),
            "action_mask": _array(msg, "action_mask", (spec.chunk_len, spec.action_dim), "biuf", "bool or numeric"),
            "fov": _array(msg, "fov", (2,), "f", "floating point (radians)")}
+    problem = checks.fov_problem(obs["fov"])
+    if problem:
+        raise RequestError(problem)
     for key, (types, ok, desc) in OPTIONAL_KEYS.items():
         if key not in msg:
             continue
@@ -370,6 +370,17 @@ def serve(policy: Any, host: str = "127.0.0.1", port: int = 8765, *, max_batch: 
     asyncio.run(main())
 
 
+def _port_problem(host: str, port: int) -> str | None:
+    """Why the server could not listen on host:port (None if it can), found by binding a probe socket."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as asyncio's server does
+        try:
+            s.bind((host, port))
+        except OSError as e:
+            return f"cannot listen on {host}:{port}: {e.strerror or e}"
+    return None
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m vitra_jax.deploy.serve", description=__doc__.split("\n")[0])
     p.add_argument("--bundle", required=True, help="exported policy bundle directory")
@@ -396,12 +407,20 @@ def main(argv: list[str] | None = None) -> None:
 
     import torch
 
-    from vitra_jax.deploy.bundle import load_bundle
+    from vitra_jax.deploy.bundle import BundleError, load_bundle
 
+    if args.device == "cuda" and not torch.cuda.is_available():
+        p.error("--device cuda, but torch sees no CUDA device")
+    problem = _port_problem(args.host, args.port)  # before loading and warming up, which take minutes for 3B
+    if problem:
+        p.error(problem)
     if args.threads:
         torch.set_num_threads(args.threads)
-    policy = load_bundle(args.bundle, device=args.device, dtype=args.dtype, compile=args.compile,
-                         cuda_graphs=args.cuda_graphs)
+    try:
+        policy = load_bundle(args.bundle, device=args.device, dtype=args.dtype, compile=args.compile,
+                             cuda_graphs=args.cuda_graphs)
+    except BundleError as e:
+        p.error(str(e))
     if args.warmup:
         seconds = policy.warmup(range(1, args.max_batch + 1))
         log.info("warmed up batch sizes 1..%d in %.1f s", args.max_batch, sum(seconds.values()))

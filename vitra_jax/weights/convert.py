@@ -4,7 +4,8 @@
     python -m vitra_jax.weights.convert --from bigvision --src pt_3b_224.bf16.npz --config 3b-224 --out DIR
     python -m vitra_jax.weights.convert --to hf --src DIR --out HF_DIR
     python -m vitra_jax.weights.convert --from official --src weights.pt|OFFICIAL_DIR --out RUN_DIR \
-        [--official_config config.json] [--statistics dataset_statistics.json] [--tokenizer tokenizer.model]
+        [--official_config config.json] [--statistics dataset_statistics.json] [--tokenizer tokenizer.model] \
+        [--max_text_len 64]
     python -m vitra_jax.weights.convert --to official --src RUN_DIR [--step N] --out OFFICIAL_DIR
 
 DIR is our PaliGemma format (`params.npz` + `config.json`, see weights/npz.py); it holds a PaliGemma only.
@@ -25,6 +26,7 @@ import json
 import os
 import pathlib
 
+from vitra_jax.atomic_dirs import atomic_output_dir
 from vitra_jax.models.paligemma import paligemma_config
 from vitra_jax.weights import hf, npz
 
@@ -44,7 +46,8 @@ def _find(src: pathlib.Path, given: str | None, names: tuple[str, ...]) -> pathl
 
 
 def from_official(src: str | os.PathLike, out: str | os.PathLike, *, official_config: str | None = None,
-                  statistics: str | None = None, tokenizer: str | None = None, vlm: str | None = None) -> None:
+                  statistics: str | None = None, tokenizer: str | None = None, vlm: str | None = None,
+                  max_text_len: int | None = None) -> None:
     """Release checkpoint (+ its config.json and dataset_statistics.json) -> run folder `out` (module docstring)."""
     from vitra_jax.data.statistics import load_official
     from vitra_jax.runs import write_run_folder
@@ -57,8 +60,10 @@ def from_official(src: str | os.PathLike, out: str | os.PathLike, *, official_co
         raise FileNotFoundError(f"no release config.json beside {src}; pass --official_config")
     release = json.loads(config_path.read_text())
     if "action_model" not in release:
-        raise ValueError(f"{config_path} is not a release config.json (it has no action_model section)")
-    overrides = {"vlm": paligemma_config(vlm)} if vlm else {}
+        raise official.OfficialFormatError(f"{config_path} is not a release config.json (it has no action_model "
+                                           "section)")
+    overrides = ({"vlm": paligemma_config(vlm)} if vlm else {}) | (
+        {"max_text_len": max_text_len} if max_text_len else {})
     cfg = official.policy_config_from_official(release, **overrides)
     params = official.official_to_params(state, cfg)
     stats_path = _find(src, statistics, ("dataset_statistics.json", "statistics/dataset_statistics.json"))
@@ -78,7 +83,7 @@ def to_official(src: str | os.PathLike, out: str | os.PathLike, *, step: int | N
 
     run = read_run(src, step, need_tokenizer=False)
     release_config = official.official_config(run.cfg, vlm_name)  # refuses what the release cannot express
-    with hf.atomic_output_dir(out) as tmp:
+    with atomic_output_dir(out) as tmp:
         official.save_official_checkpoint(run.params, run.cfg, tmp / "weights.pt")
         (tmp / "config.json").write_text(json.dumps(release_config, indent=4))
         (tmp / "dataset_statistics.json").write_text(json.dumps(run.statistics.to_official(), indent=1))
@@ -96,10 +101,23 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--official_config", default=None, help="--from official: the release's config.json")
     ap.add_argument("--statistics", default=None, help="--from official: the release's dataset_statistics.json")
     ap.add_argument("--tokenizer", default=None, help="--from official: tokenizer.model recorded for export")
+    ap.add_argument("--max_text_len", type=int, default=None, help="--from official: prompt tokens the policy "
+                    "pads or cuts to (the release's files do not record it; default 64)")
     ap.add_argument("--step", type=int, default=None, help="--to official: checkpoint step (default: newest)")
     ap.add_argument("--vlm_name", default=None, help="--to official: the release config's "
                     "vlm.pretrained_model_name_or_path when the VLM is not a PaliGemma-2 3B")
     args = ap.parse_args(argv)
+    from vitra_jax.runs import RunFolderError
+    from vitra_jax.weights.official import OfficialFormatError
+
+    try:
+        _run(args)
+    except (FileNotFoundError, FileExistsError, OfficialFormatError, RunFolderError) as e:
+        raise SystemExit(f"vitra_jax.weights.convert: {e}") from None
+    print(f"wrote {args.out}")
+
+
+def _run(args: argparse.Namespace) -> None:
     if args.dst_kind == "hf":
         cfg, params = npz.load_checkpoint(args.src)
         hf.save_hf_paligemma(cfg, params, args.out)
@@ -109,11 +127,10 @@ def main(argv: list[str] | None = None) -> None:
         npz.save_checkpoint(*hf.load_hf_paligemma(args.src), args.out)
     elif args.src_kind == "official":
         from_official(args.src, args.out, official_config=args.official_config, statistics=args.statistics,
-                      tokenizer=args.tokenizer, vlm=args.config)
+                      tokenizer=args.tokenizer, vlm=args.config, max_text_len=args.max_text_len)
     else:
         cfg = paligemma_config(args.config or "3b-224")
         npz.save_checkpoint(cfg, npz.load_bigvision_npz(args.src, cfg), args.out)
-    print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":

@@ -10,38 +10,19 @@ mean of the real rows; the original extra rows are not kept (the model never rea
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import pathlib
-import shutil
-import tempfile
 
 import numpy as np
 
+from vitra_jax.atomic_dirs import atomic_output_dir
 from vitra_jax.models.gemma2 import Gemma2Config
 from vitra_jax.models.paligemma import PaliGemmaConfig
 from vitra_jax.models.siglip import SiglipConfig
 from vitra_jax.weights import names
 
 _TANH_GELU = ("gelu_pytorch_tanh", "gelu_new", "gelu_fast")
-
-
-@contextlib.contextmanager
-def atomic_output_dir(out_dir: str | os.PathLike):
-    """Yields a temp dir next to `out_dir`, renamed onto it only if the block succeeds."""
-    out = pathlib.Path(out_dir)
-    if out.exists() and any(out.iterdir()):
-        raise FileExistsError(f"output directory {out} exists and is not empty")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
-        yield tmp
-        if out.exists():
-            out.rmdir()
-        os.rename(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def config_from_hf(hf: dict) -> PaliGemmaConfig:

@@ -19,7 +19,7 @@ from vitra_jax.models.gemma2 import Gemma2Config
 from vitra_jax.models.paligemma import PaliGemmaConfig
 from vitra_jax.models.siglip import SiglipConfig
 from vitra_jax.weights import names
-from vitra_jax.weights.hf import atomic_output_dir
+from vitra_jax.atomic_dirs import atomic_output_dir
 
 
 def _recover_dtype(a: np.ndarray) -> np.ndarray:

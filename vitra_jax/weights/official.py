@@ -64,6 +64,10 @@ _LEAVES = {"kernel": "weight", "bias": "bias", "scale": "weight"}
 _PAD_IN = {"x_embedder_fc1": ACTION_PAD, "state_embedder_fc1": STATE_PAD}  # [value·mask, mask] inputs
 
 
+class OfficialFormatError(ValueError):
+    """A release checkpoint or config.json this project cannot read, or a policy the release cannot express."""
+
+
 @dataclasses.dataclass(frozen=True)
 class _Rule:
     """One official tensor: how it is made from our array and back, and which of its entries are padding."""
@@ -160,7 +164,7 @@ def _our_shapes(cfg: PolicyConfig) -> dict[str, tuple[int, ...]]:
 def _rules(cfg: PolicyConfig) -> list[_Rule]:
     """Rules for the DiT, FoV encoder and cognition token, with official keys fully prefixed."""
     if cfg.dit.action_dim != REAL_DIMS or cfg.dit.state_dim != REAL_DIMS:
-        raise ValueError(f"the official layout needs action_dim = state_dim = {REAL_DIMS}, got "
+        raise OfficialFormatError(f"the official layout needs action_dim = state_dim = {REAL_DIMS}, got "
                          f"{cfg.dit.action_dim} and {cfg.dit.state_dim}")
     out = []
     for path in sorted(_our_shapes(cfg)):
@@ -234,11 +238,11 @@ def official_to_params(state_dict: Mapping[str, Array], cfg: PolicyConfig, *,
             flat[rule.ours] = np.stack(parts) if stacked else parts[0]
     problems += [f"unexpected {k}" for k in sorted(rest)]
     if problems:
-        raise ValueError("official checkpoint does not match the config:\n  " + "\n  ".join(problems))
+        raise OfficialFormatError("official checkpoint does not match the config:\n  " + "\n  ".join(problems))
     try:
         vlm = hf.params_from_hf_tensors(cfg.vlm, backbone)
     except (KeyError, ValueError) as e:  # a backbone shape error, named by its HF key
-        raise ValueError(f"official checkpoint backbone: {e}") from None
+        raise OfficialFormatError(f"official checkpoint backbone: {e}") from None
     return {**names.unflatten(flat), "vlm": vlm}
 
 
@@ -273,13 +277,15 @@ def head_to_official(params: dict, cfg: PolicyConfig) -> dict[str, Array]:
 
 
 def load_official_checkpoint(path: str | os.PathLike) -> dict[str, Array]:
-    """State dict of a release `weights.pt` (or a directory holding one) or a safetensors file, as numpy.
+    """State dict of a release `weights.pt` (or a directory holding one, or the release's HF layout whose
+    `checkpoints/` holds it: the first `.pt` there, as the release picks) or a safetensors file, as numpy.
 
     bf16 tensors of a `.pt` file are widened to fp32 (numpy has no bf16); safetensors keep their dtype.
     """
     p = pathlib.Path(path)
     if p.is_dir():
-        p = p / "weights.pt"
+        found = sorted((p / "checkpoints").glob("*.pt")) if not (p / "weights.pt").is_file() else []
+        p = found[0] if found else p / "weights.pt"
     if not p.is_file():
         raise FileNotFoundError(f"no official checkpoint at {p}")
     if p.suffix == ".safetensors":
@@ -288,11 +294,11 @@ def load_official_checkpoint(path: str | os.PathLike) -> dict[str, Array]:
 
     state = torch.load(p, map_location="cpu", weights_only=True)
     if not isinstance(state, Mapping):
-        raise ValueError(f"{p} holds a {type(state).__name__}, not a state dict")
+        raise OfficialFormatError(f"{p} holds a {type(state).__name__}, not a state dict")
     out = {}
     for k, v in state.items():
         if not isinstance(v, torch.Tensor):
-            raise ValueError(f"{p}: entry {k!r} is a {type(v).__name__}, not a tensor")
+            raise OfficialFormatError(f"{p}: entry {k!r} is a {type(v).__name__}, not a tensor")
         v = v.detach()
         out[k] = (v.float() if v.dtype == torch.bfloat16 else v).numpy()
     return out
@@ -349,13 +355,14 @@ def policy_config_from_official(config: Mapping[str, Any], **overrides: Any) -> 
     vlm_name = str(config.get("vlm", {}).get("pretrained_model_name_or_path", "paligemma2-3b-mix-224"))
     size = next((s for s in ("224", "448", "896") if f"3b-pt-{s}" in vlm_name or f"3b-mix-{s}" in vlm_name), None)
     if size is None and "vlm" not in overrides:
-        problems.append(f"vlm.pretrained_model_name_or_path {vlm_name!r} is not a PaliGemma-2 3B; pass vlm=")
+        problems.append(f"vlm.pretrained_model_name_or_path {vlm_name!r} is not a PaliGemma-2 3B; name one of our "
+                        "PaliGemma configs (convert's --config, vlm= in Python)")
     if problems:
-        raise ValueError("unsupported official config: " + "; ".join(problems))
+        raise OfficialFormatError("unsupported official config: " + "; ".join(problems))
     vlm = overrides.pop("vlm", None) or paligemma_config(f"3b-{size}")
     token_size = am.get("token_size", vlm.llm.width)
     if token_size != vlm.llm.width:
-        raise ValueError(f"action_model.token_size {token_size} differs from the VLM width {vlm.llm.width}")
+        raise OfficialFormatError(f"action_model.token_size {token_size} differs from the VLM width {vlm.llm.width}")
     depth, width, heads = DIT_PRESETS[model_type]
     dit_fields = {"depth": depth, "width": width, "num_heads": heads, "token_size": token_size,
                   "chunk_len": int(config.get("fwd_pred_next_n", 16)),
@@ -406,7 +413,7 @@ def official_config(cfg: PolicyConfig, vlm_name: str | None = None) -> dict:
     if size is None and vlm_name is None:
         problems.append("the VLM is not a PaliGemma-2 3B at 224/448/896; pass vlm_name (its HF folder or hub id)")
     if problems:
-        raise ValueError("the release cannot express this policy config: " + "; ".join(problems))
+        raise OfficialFormatError("the release cannot express this policy config: " + "; ".join(problems))
     return {
         "vla_name": "VITRA_Paligemma", "model": "vitra_paligemma2", "fwd_pred_next_n": cfg.dit.chunk_len,
         "use_fov": True, "untied_cognition_token": True, "use_state": "DiT", "loss_type": loss_type,
