@@ -2,14 +2,14 @@
 
     tfds build tfds_builders/hand_vla --config=teledata --manual_dir=/data/TeleData --data_dir=/data/tfds \
         --file_format=array_record
-    python -m vitra_jax.weights.convert --from official --src /ckpt/VITRA-VLA-3B --out /ckpt/vitra3b_run
+    python -m vitra_jax.release import --src /ckpt/VITRA-VLA-3B --out /ckpt/vitra3b_run
     python -m vitra_jax.train --workdir /runs/xhand \
         --config=configs/finetune_xhand.py:data=/data/tfds,init=/ckpt/vitra3b_run \
         --config.data.tokenizer=/ckpt/paligemma2-3b-mix-224/tokenizer.model
 
 `data` is the `--data_dir` of the TFDS build (the builder's `teledata` source reads the release's `.h5` + `.mp4`
 episodes as hand episodes, tfds_builders/hand_vla/teledata.py); frame stores and statistics are made once under
-it. `init` is a run folder holding the VITRA checkpoint to start from (`--from official` for the released
+it. `init` is a run folder holding the VITRA checkpoint to start from (`python -m vitra_jax.release import` for the released
 VITRA-VLA-3B, or any vitra_jax pretraining run).
 
 Recipe (release `robot_finetune.json`, vitra_official.md §4): global batch 256; AdamW (0.9, 0.95), weight decay

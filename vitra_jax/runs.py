@@ -69,7 +69,7 @@ def _tokenizer_path(meta_config: dict, override: str | os.PathLike | None) -> pa
 def read_run(workdir: str | os.PathLike, step: int | None = None, tokenizer: str | os.PathLike | None = None,
              need_tokenizer: bool = True, ema: bool = False) -> RunCheckpoint:
     """The params of `step` (default: newest) of a run folder written by `vitra_jax.train` (or by
-    `vitra_jax.weights.convert --from official`), with its policy config, statistics and tokenizer; with
+    `vitra_jax.release import`), with its policy config, statistics and tokenizer; with
     `ema`, the exponential moving average of the params the run kept (`optim.ema_decay > 0`) instead.
 
     The policy config is the checkpoint meta's `policy_config` when present (official imports), else the

@@ -217,8 +217,9 @@ def _frames_root(comp: dict, cfg: ml_collections.ConfigDict) -> pathlib.Path:
 def _open(comp: dict, root: pathlib.Path, split: str) -> transforms.Source:
     entry = oxe.get(comp["name"]) if comp["kind"] == "oxe" else None
     store = open_store(root, split)
-    held = store.info["source"]["name"]
-    if (held == "hand_vla") != (comp["kind"] == "hand_vla"):
+    source = store.info.get("source")
+    held = source.get("name") if isinstance(source, dict) else None  # a converted TFDS dataset's name
+    if held is not None and (held == "hand_vla") != (comp["kind"] == "hand_vla"):
         raise ValueError(f"component {comp['name']!r} has kind {comp['kind']!r} but {root} holds a {held!r} "
                          "dataset; hand_vla builds take kind 'hand_vla', OXE datasets kind 'oxe' and their "
                          "registry name")

@@ -1,136 +1,44 @@
-"""Checkpoint conversion CLI.
+"""PaliGemma checkpoint conversion CLI.
 
     python -m vitra_jax.weights.convert --from hf --src HF_DIR --out DIR
     python -m vitra_jax.weights.convert --from bigvision --src pt_3b_224.bf16.npz --config 3b-224 --out DIR
     python -m vitra_jax.weights.convert --to hf --src DIR --out HF_DIR
-    python -m vitra_jax.weights.convert --from official --src weights.pt|OFFICIAL_DIR --out RUN_DIR \
-        [--official_config config.json] [--statistics dataset_statistics.json] [--tokenizer tokenizer.model] \
-        [--max_text_len 64]
-    python -m vitra_jax.weights.convert --to official --src RUN_DIR [--step N] --out OFFICIAL_DIR
 
 DIR is our PaliGemma format (`params.npz` + `config.json`, see weights/npz.py); it holds a PaliGemma only.
-Whole VITRA policies move between the release and run folders instead: `--from official` writes RUN_DIR as
-a run folder with one params-only checkpoint (step 0) that `vitra_jax.export --workdir RUN_DIR` exports and a
-training config starts from with `--config.init.checkpoint=RUN_DIR`; `--to official` reads the params, policy
-config and statistics of a run folder's step and writes the release's `weights.pt`, `config.json` and
-`dataset_statistics.json`. The release's files are looked up beside `weights.pt` and in the release's HF
-layout (`configs/config.json`, `statistics/dataset_statistics.json`); `--config NAME` replaces the release's
-VLM by one of our PaliGemma configs (e.g. `tiny`). Output directories are written under a temporary name and
-renamed at the end, so a failed conversion leaves nothing behind.
+Whole VITRA policies move between the release's files and run folders with `python -m vitra_jax.release`.
+Output directories appear whole or not at all, so a failed conversion leaves nothing behind.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import pathlib
 
-from vitra_jax.atomic_dirs import atomic_output_dir
 from vitra_jax.models.paligemma import paligemma_config
 from vitra_jax.weights import hf, npz
-
-
-def _find(src: pathlib.Path, given: str | None, names: tuple[str, ...]) -> pathlib.Path | None:
-    """`given`, else the first of `names` beside `src` (a weights file or its folder) or one level up."""
-    if given:
-        if not pathlib.Path(given).is_file():
-            raise FileNotFoundError(f"{given} not found")
-        return pathlib.Path(given)
-    base = src if src.is_dir() else src.parent
-    for root in (base, base.parent):
-        for name in names:
-            if (root / name).is_file():
-                return root / name
-    return None
-
-
-def from_official(src: str | os.PathLike, out: str | os.PathLike, *, official_config: str | None = None,
-                  statistics: str | None = None, tokenizer: str | None = None, vlm: str | None = None,
-                  max_text_len: int | None = None) -> None:
-    """Release checkpoint (+ its config.json and dataset_statistics.json) -> run folder `out` (module docstring)."""
-    from vitra_jax.data.statistics import load_official
-    from vitra_jax.runs import write_run_folder
-    from vitra_jax.weights import official
-
-    src = pathlib.Path(src)
-    state = official.load_official_checkpoint(src)
-    config_path = _find(src, official_config, ("config.json", "configs/config.json"))
-    if config_path is None:
-        raise FileNotFoundError(f"no release config.json beside {src}; pass --official_config")
-    release = json.loads(config_path.read_text())
-    if "action_model" not in release:
-        raise official.OfficialFormatError(f"{config_path} is not a release config.json (it has no action_model "
-                                           "section)")
-    overrides = ({"vlm": paligemma_config(vlm)} if vlm else {}) | (
-        {"max_text_len": max_text_len} if max_text_len else {})
-    cfg = official.policy_config_from_official(release, **overrides)
-    params = official.official_to_params(state, cfg)
-    stats_path = _find(src, statistics, ("dataset_statistics.json", "statistics/dataset_statistics.json"))
-    stats = load_official(stats_path) if stats_path else None
-    run_config = {"data": {"tokenizer": str(pathlib.Path(tokenizer).absolute()) if tokenizer else ""},
-                  "source": {"official_checkpoint": str(src.absolute()), "config": str(config_path.absolute())}}
-    write_run_folder(out, params, config=run_config, statistics=stats, policy_config=cfg)
-    if stats is None:
-        print(f"note: no dataset_statistics.json found beside {src}; {out} has no statistics (export needs them)")
-
-
-def to_official(src: str | os.PathLike, out: str | os.PathLike, *, step: int | None = None,
-                vlm_name: str | None = None) -> None:
-    """A run folder's step -> the release's `weights.pt`, `config.json`, `dataset_statistics.json` in `out`."""
-    from vitra_jax.runs import read_run
-    from vitra_jax.weights import official
-
-    run = read_run(src, step, need_tokenizer=False)
-    release_config = official.official_config(run.cfg, vlm_name)  # refuses what the release cannot express
-    with atomic_output_dir(out) as tmp:
-        official.save_official_checkpoint(run.params, run.cfg, tmp / "weights.pt")
-        (tmp / "config.json").write_text(json.dumps(release_config, indent=4))
-        (tmp / "dataset_statistics.json").write_text(json.dumps(run.statistics.to_official(), indent=1))
 
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     way = ap.add_mutually_exclusive_group(required=True)
-    way.add_argument("--from", dest="src_kind", choices=["hf", "bigvision", "official"], help="import")
-    way.add_argument("--to", dest="dst_kind", choices=["hf", "official"], help="export")
+    way.add_argument("--from", dest="src_kind", choices=["hf", "bigvision"], help="import")
+    way.add_argument("--to", dest="dst_kind", choices=["hf"], help="export")
     ap.add_argument("--src", required=True)
     ap.add_argument("--out", required=True)
-    ap.add_argument("--config", default=None, help="our PaliGemma config name: for --from bigvision (default "
-                    "3b-224; npz has none), or replacing the release's VLM for --from official")
-    ap.add_argument("--official_config", default=None, help="--from official: the release's config.json")
-    ap.add_argument("--statistics", default=None, help="--from official: the release's dataset_statistics.json")
-    ap.add_argument("--tokenizer", default=None, help="--from official: tokenizer.model recorded for export")
-    ap.add_argument("--max_text_len", type=int, default=None, help="--from official: prompt tokens the policy "
-                    "pads or cuts to (the release's files do not record it; default 64)")
-    ap.add_argument("--step", type=int, default=None, help="--to official: checkpoint step (default: newest)")
-    ap.add_argument("--vlm_name", default=None, help="--to official: the release config's "
-                    "vlm.pretrained_model_name_or_path when the VLM is not a PaliGemma-2 3B")
+    ap.add_argument("--config", default=None, help="our PaliGemma config name for --from bigvision (default "
+                    "3b-224; npz has none)")
     args = ap.parse_args(argv)
-    from vitra_jax.runs import RunFolderError
-    from vitra_jax.weights.official import OfficialFormatError
-
     try:
-        _run(args)
-    except (FileNotFoundError, FileExistsError, OfficialFormatError, RunFolderError) as e:
+        if args.dst_kind == "hf":
+            cfg, params = npz.load_checkpoint(args.src)
+            hf.save_hf_paligemma(cfg, params, args.out)
+        elif args.src_kind == "hf":
+            npz.save_checkpoint(*hf.load_hf_paligemma(args.src), args.out)
+        else:
+            cfg = paligemma_config(args.config or "3b-224")
+            npz.save_checkpoint(cfg, npz.load_bigvision_npz(args.src, cfg), args.out)
+    except (FileNotFoundError, FileExistsError) as e:
         raise SystemExit(f"vitra_jax.weights.convert: {e}") from None
     print(f"wrote {args.out}")
-
-
-def _run(args: argparse.Namespace) -> None:
-    if args.dst_kind == "hf":
-        cfg, params = npz.load_checkpoint(args.src)
-        hf.save_hf_paligemma(cfg, params, args.out)
-    elif args.dst_kind == "official":
-        to_official(args.src, args.out, step=args.step, vlm_name=args.vlm_name)
-    elif args.src_kind == "hf":
-        npz.save_checkpoint(*hf.load_hf_paligemma(args.src), args.out)
-    elif args.src_kind == "official":
-        from_official(args.src, args.out, official_config=args.official_config, statistics=args.statistics,
-                      tokenizer=args.tokenizer, vlm=args.config, max_text_len=args.max_text_len)
-    else:
-        cfg = paligemma_config(args.config or "3b-224")
-        npz.save_checkpoint(cfg, npz.load_bigvision_npz(args.src, cfg), args.out)
 
 
 if __name__ == "__main__":
