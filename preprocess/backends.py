@@ -30,10 +30,11 @@ def intrinsics_backend(cfg: ml_collections.ConfigDict, video_id: str):
     readers = {"droidcalib": intrinsics.DroidCalibReader, "geocalib": intrinsics.GeoCalibReader,
                "moge": intrinsics.MoGeReader, "ego4d_omnidir": intrinsics.Ego4DOmnidirReader}
     if cfg.backend not in readers:
-        raise errors.ConfigError(f"intrinsics.backend must be fov_prior or one of {sorted(readers)}, got {cfg.backend!r}")
+        raise errors.ConfigError(f"intrinsics.backend must be fov_prior or one of {sorted(readers)}, "
+                                 f"got {cfg.backend!r}")
     if not cfg.path:
-        raise errors.ConfigError(f"intrinsics.backend {cfg.backend} reads files: set intrinsics.path ('{{video_id}}' "
-                         "is replaced by each video's id)")
+        raise errors.ConfigError(f"intrinsics.backend {cfg.backend} reads files: set intrinsics.path "
+                                 "('{video_id}' is replaced by each video's id)")
     return readers[cfg.backend](cfg.path.format(video_id=video_id))
 
 
@@ -51,11 +52,11 @@ def pose_backend_for(cfg: ml_collections.ConfigDict, motion: str, video_id: str)
     readers = {"megasam": functools.partial(camera_pose.MegaSaMReader, metric=cfg.megasam_metric),
                "hawor_slam": camera_pose.HaworSlamReader}
     if name not in readers:
-        raise errors.ConfigError(f"camera_pose backend must be auto, static, camera_frame or one of {sorted(readers)}, "
-                         f"got {name!r}")
+        raise errors.ConfigError(f"camera_pose backend must be auto, static, camera_frame or one of "
+                                 f"{sorted(readers)}, got {name!r}")
     if not cfg.path:
-        raise errors.ConfigError(f"camera_pose backend {name} reads files: set camera_pose.path ('{{video_id}}' is "
-                         "replaced by each video's id)")
+        raise errors.ConfigError(f"camera_pose backend {name} reads files: set camera_pose.path ('{{video_id}}' "
+                                 "is replaced by each video's id)")
     return readers[name](cfg.path.format(video_id=video_id))
 
 

@@ -29,12 +29,12 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import numpy as np  # noqa: E402
 
+from vitra_jax.atomic_dirs import staging_dir  # noqa: E402
 from vitra_jax.data.statistics import DatasetStatistics  # noqa: E402
 from vitra_jax.deploy.bundle import FORMAT_VERSION, file_hashes  # noqa: E402
 from vitra_jax.deploy.sampling import SAMPLING_DEFAULTS  # noqa: E402
 from vitra_jax.handspace import layout  # noqa: E402
 from vitra_jax.models.policy import PolicyConfig  # noqa: E402
-from vitra_jax.atomic_dirs import staging_dir  # noqa: E402
 from vitra_jax.runs import RunCheckpoint, RunFolderError, read_run  # noqa: E402
 
 GATE_SAMPLES = 2

@@ -15,10 +15,10 @@ import pathlib
 from typing import Any
 
 from vitra_jax import checkpoint as ckpt_lib
+from vitra_jax.atomic_dirs import atomic_output_dir
 from vitra_jax.data.statistics import DatasetStatistics, MissingStatisticsError
 from vitra_jax.models.dit import DiTConfig
 from vitra_jax.models.policy import PolicyConfig
-from vitra_jax.atomic_dirs import atomic_output_dir
 
 
 class RunFolderError(ValueError):
@@ -108,7 +108,7 @@ def read_run(workdir: str | os.PathLike, step: int | None = None, tokenizer: str
                             jax.eval_shape(VitraPolicy(cfg).init, jax.random.PRNGKey(0)))
     if ema and not meta.get("config", {}).get("optim", {}).get("ema_decay", 0) > 0:
         raise RunFolderError(f"{workdir} kept no moving average of its params (optim.ema_decay is not > 0); "
-                         "export without --ema")
+                             "export without --ema")
     weights = "ema_params" if ema else "params"
     params = ckpt_lib.restore_params(steps[step], abstract, tree=weights)
     return RunCheckpoint(workdir, step, cfg, params, stats, tok, weights=weights)

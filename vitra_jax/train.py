@@ -33,6 +33,7 @@ import numpy as np  # noqa: E402
 import optax  # noqa: E402
 import tqdm  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
+from flax import traverse_util  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from vitra_jax import checkpoint as ckpt_lib  # noqa: E402
@@ -182,12 +183,7 @@ def resume_problems(held: dict, now: dict) -> list[str]:
 
 def changed_fields(held: dict, now: dict) -> list[str]:
     """`field: old -> new` for every config field a resumed run changes (learning rates, logging, ...)."""
-    def flat(d, prefix=""):
-        out = {}
-        for k, v in d.items():
-            out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
-        return out
-    a, b = flat(held["config"]), flat(now["config"])
+    a, b = (traverse_util.flatten_dict(m["config"], sep=".") for m in (held, now))
     return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
 
 

@@ -39,8 +39,8 @@ import numpy as np
 import openai
 
 from preprocess.caption.cache import ResponseCache, cache_key
-from preprocess.errors import ConfigError
 from preprocess.caption.ratelimit import RateLimiter, shared_rate_limiter
+from preprocess.errors import ConfigError
 from preprocess.records import HANDS, Caption, Segment
 
 PROMPTS = Path(__file__).parent / "prompts"

@@ -229,27 +229,30 @@ def _check_plan(builder, split: str, out: Path, image_keys: list[str], per_shard
               "shard_lengths": list(builder.info.splits[split].shard_lengths)}
     plan = {"source": source, "image_keys": image_keys, "episodes_per_shard": per_shard,
             "format_version": frames.FORMAT_VERSION}
-    plan_file = out / split / PLAN_FILE
-    if plan_file.is_file():
-        held = json.loads(plan_file.read_text())
-        if held != plan:
-            differ = sorted(k for k in plan if held.get(k) != plan[k])
-            raise ConvertError(f"{out / split} holds a conversion of {held.get('source', {}).get('dir')} with other "
-                               f"{' and '.join(differ)}; remove it or rerun with the same arguments")
+    held = read_plan(out / split)
+    if held is not None and held != plan:
+        differ = sorted(k for k in plan if held.get(k) != plan[k])
+        raise ConvertError(f"{out / split} holds a conversion of {held.get('source', {}).get('dir')} with other "
+                           f"{' and '.join(differ)}; remove it or rerun with the same arguments")
     return plan
 
 
-def convert_split(builder, split: str, out: Path, image_keys: list[str], per_shard: int,
+def read_plan(split_dir: Path) -> dict | None:
+    """The plan a (finished or interrupted) conversion into `split_dir` follows: its source, image keys and
+    shard size; None where no conversion started."""
+    plan_file = split_dir / PLAN_FILE
+    return json.loads(plan_file.read_text()) if plan_file.is_file() else None
+
+
+def convert_split(builder, split: str, out: Path, shards: list[tuple[str, int, int]], plan: dict,
                   progress: bool = True, workers: int = 1) -> frames.FrameStore:
-    """Convert one split of `builder` into `out/split`, resuming finished shards; `workers` > 1 writes
-    shards in that many processes (same files)."""
+    """Convert one split of `builder` into `out/split` as `plan` says (`_check_plan`, with `shards` from
+    `_plan`), resuming finished shards; `workers` > 1 writes shards in that many processes (same files)."""
     from tqdm import tqdm
 
     features = builder.info.features
     split_dir = out / split
-    shards = _plan(builder, split, per_shard)
-    plan = _check_plan(builder, split, out, image_keys, per_shard)
-    source = plan["source"]
+    source, image_keys, per_shard = plan["source"], plan["image_keys"], plan["episodes_per_shard"]
     plan_file = split_dir / PLAN_FILE
     if plan_file.is_file():
         if (split_dir / frames.STORE_FILE).is_file():
@@ -321,13 +324,13 @@ def convert(src: str | Path, out: str | Path, splits: Sequence[str] | str | None
     if not all_keys:
         raise ConvertError(f"{src}: the steps have no image feature")
     keys = _resolve_keys(image_key, all_keys, builder.info.name)
-    for split in splits:  # every check before the first write: a refused conversion changes nothing
-        _plan(builder, split, episodes_per_shard)
-        _check_plan(builder, split, out, keys, episodes_per_shard)
+    # every check before the first write: a refused conversion changes nothing
+    plans = {split: (_plan(builder, split, episodes_per_shard),
+                     _check_plan(builder, split, out, keys, episodes_per_shard)) for split in splits}
     out.mkdir(parents=True, exist_ok=True)
     _copy_metadata(src, out)
-    for split in splits:
-        convert_split(builder, split, out, keys, episodes_per_shard, progress, workers)
+    for split, (shards, plan) in plans.items():
+        convert_split(builder, split, out, shards, plan, progress, workers)
     return out
 
 

@@ -19,7 +19,6 @@ each step skipped when its output exists.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import pathlib
 import threading
@@ -200,8 +199,8 @@ def _frames_root(comp: dict, cfg: ml_collections.ConfigDict) -> pathlib.Path:
         out = _data_dir(cfg) / "frames" / comp["name"]
         from vitra_jax.data import convert
 
-        plan = out / comp["split"] / convert.PLAN_FILE
-        made_from = json.loads(plan.read_text())["source"]["dir"] if plan.is_file() else None
+        plan = convert.read_plan(out / comp["split"])
+        made_from = plan["source"]["dir"] if plan is not None else None
         if made_from is not None and pathlib.Path(made_from).resolve() != src.resolve():
             raise ValueError(f"component {comp['name']!r}: {out} is converted from {made_from}, not from {src}; "
                              "remove that folder to convert this source, or give the component another name")
@@ -346,19 +345,15 @@ def resolve_components(cfg: ml_collections.ConfigDict) -> list[dict]:
 
 @dataclasses.dataclass(frozen=True)
 class Prepared:
-    """A data config's opened components, tokenizer and per-component statistics."""
+    """A data config's opened components, tokenizer, per-component statistics (none with `data.statistics`)
+    and the statistics the mixture is normalized with."""
 
     train: list[transforms.Source]
     val: list[transforms.Source]
     weights: dict[str, float]
     tokenizer: str
     statistics: dict[str, statistics.DatasetStatistics]
-
-    def combined_statistics(self, cfg: ml_collections.ConfigDict) -> statistics.DatasetStatistics:
-        """`data.statistics` if set, else the components' statistics averaged by mixture weight."""
-        if cfg.statistics:
-            return statistics.DatasetStatistics.load(cfg.statistics)
-        return statistics.combine(self.statistics, self.weights)
+    combined: statistics.DatasetStatistics
 
 
 def prepare(data_cfg: ml_collections.ConfigDict, *, progress: bool = False) -> Prepared:
@@ -373,13 +368,14 @@ def prepare(data_cfg: ml_collections.ConfigDict, *, progress: bool = False) -> P
             val.append(_open(c, root, data_cfg.val_split))
     weights = {c["name"]: float(c["weight"]) for c in comps}
     tok = _tokenizer(data_cfg, train)
-    stats = {} if data_cfg.statistics else {
-        s.name: source_statistics(s, compute=data_cfg.compute_statistics, progress=progress) for s in train}
-    return Prepared(train, val, weights, tok, stats)
+    if data_cfg.statistics:  # one file replaces the mixture's statistics
+        return Prepared(train, val, weights, tok, {}, statistics.DatasetStatistics.load(data_cfg.statistics))
+    per = {s.name: source_statistics(s, compute=data_cfg.compute_statistics, progress=progress) for s in train}
+    return Prepared(train, val, weights, tok, per, statistics.combine(per, weights))
 
 
 def make_pipeline(data_cfg: ml_collections.ConfigDict, *, image_size: int, max_text_len: int) -> Pipeline:
     """Opens (building the demo if asked) every component, the tokenizer and the statistics."""
     p = prepare(data_cfg)
-    return Pipeline(data_cfg, p.train, p.val, p.weights, p.tokenizer, p.combined_statistics(data_cfg),
-                    image_size=image_size, max_text_len=max_text_len)
+    return Pipeline(data_cfg, p.train, p.val, p.weights, p.tokenizer, p.combined, image_size=image_size,
+                    max_text_len=max_text_len)
