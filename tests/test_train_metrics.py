@@ -42,3 +42,37 @@ def test_peak_flops_by_device_kind(kind, peak):
     class Device:
         device_kind = kind
     assert metrics.peak_flops(Device()) == peak
+
+
+def _tensorboard_view(logdir) -> dict[str, dict[int, float]]:
+    """Scalars as TensorBoard shows them: files in name order, and a `SessionLog.START` at step s drops every
+    event read before it at step >= s (TensorBoard's event_accumulator purge rule, written out)."""
+    import tensorflow as tf
+
+    events = []
+    for path in sorted(logdir.glob("events.out.tfevents.*")):
+        for event in tf.compat.v1.train.summary_iterator(str(path)):
+            if event.HasField("session_log") and event.session_log.status == event.session_log.START:
+                events = [e for e in events if e[0] < event.step]
+            for value in event.summary.value:
+                events.append((event.step, value.tag, value.simple_value))
+    view: dict[str, dict[int, float]] = {}
+    for step, tag, value in events:
+        assert step not in view.setdefault(tag, {}), f"{tag} at step {step} twice"
+        view[tag][step] = value
+    return view
+
+
+def test_a_resumed_writer_hides_what_the_killed_run_logged_after_its_checkpoint(tmp_path):
+    killed = metrics.MetricWriter(str(tmp_path))
+    for step in range(1, 7):  # logged (and flushed) up to step 6; the checkpoint holds step 3
+        killed.scalars(step, {"loss": float(step)})
+    killed.flush()
+    resumed = metrics.MetricWriter(str(tmp_path), resumed_from=3)  # within the same second as the first
+    for step in range(4, 9):
+        resumed.scalars(step, {"loss": 10.0 * step})
+    resumed.close()
+    killed.close()
+    assert len(list(tmp_path.glob("events.out.tfevents.*"))) == 2  # the second file did not replace the first
+    assert _tensorboard_view(tmp_path) == {"loss": {1: 1.0, 2: 2.0, 3: 3.0, 4: 40.0, 5: 50.0, 6: 60.0, 7: 70.0,
+                                                    8: 80.0}}

@@ -169,18 +169,29 @@ def trim_log(path: pathlib.Path, last_step: int) -> None:
 
 
 class MetricWriter:
-    """Scalars to TensorBoard event files (tensorboardX) on process 0; no-op elsewhere."""
+    """Scalars to TensorBoard event files (tensorboardX) on process 0; no-op elsewhere.
 
-    def __init__(self, logdir: str | None):
+    A run resumed from the checkpoint at step `resumed_from` marks its event file so that TensorBoard drops what
+    the killed run logged after that step (a `SessionLog.START` at `resumed_from + 1`: `purge_step`). Each file
+    name ends in the nanosecond it was opened: tensorboardX names files by the second, and a second writer in the
+    same second would overwrite the first's file, where now it sorts after it.
+    """
+
+    def __init__(self, logdir: str | None, resumed_from: int = 0):
         self._w = None
         if logdir is not None and jax.process_index() == 0:
             from tensorboardX import SummaryWriter
-            self._w = SummaryWriter(logdir, flush_secs=30)
+            self._w = SummaryWriter(logdir, flush_secs=30, purge_step=resumed_from + 1 if resumed_from else None,
+                                    filename_suffix=f".{time.time_ns()}")
 
     def scalars(self, step: int, values: dict[str, float]) -> None:
         if self._w is not None:
             for k, v in values.items():
                 self._w.add_scalar(k, float(v), step)
+
+    def flush(self) -> None:
+        if self._w is not None:
+            self._w.flush()
 
     def close(self) -> None:
         if self._w is not None:

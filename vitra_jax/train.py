@@ -287,7 +287,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict
     flops = metrics_lib.flops_per_example(pcfg, abstract_params, pcfg.max_text_len) * config.batch_size
     timer = metrics_lib.StepTimer(config.num_steps, config.batch_size, flops, jax.device_count(),
                                   metrics_lib.peak_flops())
-    writer = metrics_lib.MetricWriter(str(workdir / "tensorboard") if main_process else None)
+    writer = metrics_lib.MetricWriter(str(workdir / "tensorboard") if main_process else None, resumed_from=start)
     eval_fn = jax.jit(lambda p, b: policy.loss(p, b, jax.random.PRNGKey(1))[0],
                       in_shardings=(shardings.params, batch_sharding))
     val = (pipeline.val_batches(config.batch_size // nproc, config.val_batches, process_index=pid,
@@ -329,6 +329,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict
                 _write(log, step, values)
                 if ckpt.due(step) or stop or step == config.num_steps:
                     ckpt.save(step, state, iterator, {**meta, "step": step})
+                    writer.flush()  # the logs of every saved step survive a kill
             bar.update(1)
             if stop:
                 logging.warning("SIGTERM: saved step %d, exiting", step)
