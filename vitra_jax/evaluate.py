@@ -107,7 +107,7 @@ def evaluate(workdir: str | os.PathLike, pictures: tuple[int, ...] = (0, 4, 8), 
         if not s["action_mask"].any():
             continue
         pred = inference.predict_action(policy, params, s["image"], s["instruction"], s["state"], s["state_mask"],
-                                        s["action_mask"], s["fov"], pipeline.tokenizer, pipeline.normalizer,
+                                        s["action_mask"], s["fov"], pipeline.tokenizer, pipeline.normalizer_of(s["component"]),
                                         num_samples=num_samples, rng=jax.random.PRNGKey(seed + s["t"]))
         truth = trajectory.integrate_actions(s["state"], s["actions"])
         hand_mask = s["action_mask"][:, [0, layout.HAND_DIM]]

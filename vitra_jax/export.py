@@ -1,8 +1,10 @@
 """Export a trained run as a self-contained PyTorch bundle for the robot PC, behind a parity gate.
 
     python -m vitra_jax.export --workdir out/run --out bundles/run [--step N] [--overwrite] [--tolerance 1e-4]
+        [--statistics NAME]
 
-The params of step N (default: the newest checkpoint), the run's dataset statistics and tokenizer are written
+The params of step N (default: the newest checkpoint), the run's dataset statistics (with `--statistics`,
+those of one dataset of a run normalized by embodiment) and tokenizer are written
 in the bundle layout `vitra_jax.deploy.bundle` reads (see docs/deploy.md) into a temporary folder beside
 `--out`. The bundle is then loaded back by the torch-only `load_bundle` and run next to the JAX policy on fixed
 inputs (a deterministic image, instruction, state, masks, FoV and initial noise; CFG 5, DDIM 10): their
@@ -81,7 +83,8 @@ def write_manifest(directory: pathlib.Path, run: RunCheckpoint, parity: dict | N
                    files: dict[str, str] | None = None) -> dict:
     """manifest.json of the bundle in `directory`; `files` are its `file_hashes` when already computed."""
     manifest = {"format_version": FORMAT_VERSION, "files": file_hashes(directory) if files is None else files,
-                "source": {"workdir": str(run.workdir), "step": run.step, "weights": run.weights},
+                "source": {"workdir": str(run.workdir), "step": run.step, "weights": run.weights,
+                           "statistics": run.statistics_group or "run"},
                 "qk_norm": run.cfg.dit.qk_norm, "parity": parity,
                 "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")}
     (directory / "manifest.json").write_text(json.dumps(manifest, indent=1))
@@ -154,13 +157,13 @@ def parity_gate(run: RunCheckpoint, bundle: pathlib.Path, tolerance: float) -> d
 
 def export(workdir: str | os.PathLike, out: str | os.PathLike, *, step: int | None = None, overwrite: bool = False,
            tolerance: float = 1e-4, tokenizer: str | os.PathLike | None = None, preprocess: str = "squash",
-           ema: bool = False, run: RunCheckpoint | None = None) -> dict:
+           ema: bool = False, statistics: str | None = None, run: RunCheckpoint | None = None) -> dict:
     """Writes the bundle of `workdir`'s step `step` to `out` (see module docstring); returns its manifest.
 
     `run` skips reading the workdir (already read with `read_run`)."""
     out = pathlib.Path(out).absolute()
     _check_replaceable(out, overwrite)
-    run = run or read_run(workdir, step, tokenizer, ema=ema)
+    run = run or read_run(workdir, step, tokenizer, ema=ema, statistics=statistics)
     with staging_dir(out) as tmp:
         write_bundle_files(run, tmp, preprocess)
         files = file_hashes(tmp)
@@ -211,10 +214,13 @@ def main(argv: list[str] | None = None) -> None:
                     "(optim.ema_decay > 0) instead of the params")
     ap.add_argument("--preprocess", choices=["squash", "official"], default="squash",
                     help="image preprocessing the bundle applies: 'squash' as in training, 'official' as the release")
+    ap.add_argument("--statistics", default=None, help="a run normalized by embodiment: the dataset whose "
+                    "statistics the bundle unnormalizes with (an OXE name, or hand_vla; default: the run's own)")
     args = ap.parse_args(argv)
     try:
         manifest = export(args.workdir, args.out, step=args.step, overwrite=args.overwrite,
-                          tolerance=args.tolerance, tokenizer=args.tokenizer, preprocess=args.preprocess, ema=args.ema)
+                          tolerance=args.tolerance, tokenizer=args.tokenizer, preprocess=args.preprocess, ema=args.ema,
+                          statistics=args.statistics)
     except (FileNotFoundError, FileExistsError, RunFolderError, ParityError) as e:
         raise SystemExit(f"vitra_jax.export: {e}") from None
     p = manifest["parity"]

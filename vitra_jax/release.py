@@ -68,9 +68,10 @@ def import_checkpoint(src: str | os.PathLike, out: str | os.PathLike, *, officia
 
 
 def export_checkpoint(src: str | os.PathLike, out: str | os.PathLike, *, step: int | None = None,
-                      vlm_name: str | None = None) -> None:
-    """A run folder's step -> the release's `weights.pt`, `config.json`, `dataset_statistics.json` in `out`."""
-    run = read_run(src, step, need_tokenizer=False)
+                      vlm_name: str | None = None, statistics: str | None = None) -> None:
+    """A run folder's step -> the release's `weights.pt`, `config.json`, `dataset_statistics.json` in `out`
+    (`statistics`: one named group of a run normalized by embodiment, as `runs.read_run`)."""
+    run = read_run(src, step, need_tokenizer=False, statistics=statistics)
     release_config = official.official_config(run.cfg, vlm_name)  # refuses what the release cannot express
     with atomic_output_dir(out) as tmp:
         official.save_official_checkpoint(run.params, run.cfg, tmp / "weights.pt")
@@ -97,13 +98,15 @@ def main(argv: list[str] | None = None) -> None:
     exp.add_argument("--step", type=int, default=None, help="checkpoint step (default: newest)")
     exp.add_argument("--vlm_name", default=None, help="the release config's vlm.pretrained_model_name_or_path "
                      "when the VLM is not a PaliGemma-2 3B")
+    exp.add_argument("--statistics", default=None, help="a run normalized by embodiment: the dataset whose "
+                     "statistics to write (default: the run's own)")
     args = ap.parse_args(argv)
     try:
         if args.way == "import":
             import_checkpoint(args.src, args.out, official_config=args.official_config, statistics=args.statistics,
                               tokenizer=args.tokenizer, vlm=args.config, max_text_len=args.max_text_len)
         else:
-            export_checkpoint(args.src, args.out, step=args.step, vlm_name=args.vlm_name)
+            export_checkpoint(args.src, args.out, step=args.step, vlm_name=args.vlm_name, statistics=args.statistics)
     except (FileNotFoundError, FileExistsError, official.OfficialFormatError, RunFolderError) as e:
         raise SystemExit(f"vitra_jax.release: {e}") from None
     print(f"wrote {args.out}")

@@ -36,6 +36,7 @@ class RunCheckpoint:
     statistics: DatasetStatistics
     tokenizer: pathlib.Path | None
     weights: str = "params"  # which tree of the train state: "params" or "ema_params"
+    statistics_group: str | None = None  # a group of data.normalize_by='embodiment'; None: the run's own
 
 
 def policy_config_from_dict(d: dict) -> PolicyConfig:
@@ -67,10 +68,12 @@ def _tokenizer_path(meta_config: dict, override: str | os.PathLike | None) -> pa
 
 
 def read_run(workdir: str | os.PathLike, step: int | None = None, tokenizer: str | os.PathLike | None = None,
-             need_tokenizer: bool = True, ema: bool = False) -> RunCheckpoint:
+             need_tokenizer: bool = True, ema: bool = False, statistics: str | None = None) -> RunCheckpoint:
     """The params of `step` (default: newest) of a run folder written by `vitra_jax.train` (or by
     `vitra_jax.release import`), with its policy config, statistics and tokenizer; with
     `ema`, the exponential moving average of the params the run kept (`optim.ema_decay > 0`) instead.
+    `statistics` names one group of a run normalized by embodiment (an OXE dataset, or 'hand_vla'): the
+    statistics a robot of that dataset unnormalizes with; default: the run's own (`statistics.json`).
 
     The policy config is the checkpoint meta's `policy_config` when present (official imports), else the
     recorded training config's `model` section through `variants.from_config`; the VLM is set to fp32."""
@@ -96,7 +99,13 @@ def read_run(workdir: str | os.PathLike, step: int | None = None, tokenizer: str
 
         cfg = variants.from_config(ml_collections.ConfigDict(meta["config"]["model"]))
     cfg = dataclasses.replace(cfg, vlm=dataclasses.replace(cfg.vlm, dtype="float32", remat_policy="none"))
-    if "statistics" in meta:
+    if statistics is not None:
+        groups = meta.get("statistics_groups", {})
+        if statistics not in groups:
+            raise RunFolderError(f"{workdir} step {step} has no statistics named {statistics!r} "
+                                 f"(it has {sorted(groups) or 'none by name'})")
+        stats = DatasetStatistics.from_dict(groups[statistics])
+    elif "statistics" in meta:
         stats = DatasetStatistics.from_dict(meta["statistics"])
     elif (workdir / "statistics.json").is_file():
         stats = DatasetStatistics.load(workdir / "statistics.json")
@@ -111,7 +120,7 @@ def read_run(workdir: str | os.PathLike, step: int | None = None, tokenizer: str
                              "export without --ema")
     weights = "ema_params" if ema else "params"
     params = ckpt_lib.restore_params(steps[step], abstract, tree=weights)
-    return RunCheckpoint(workdir, step, cfg, params, stats, tok, weights=weights)
+    return RunCheckpoint(workdir, step, cfg, params, stats, tok, weights=weights, statistics_group=statistics)
 
 
 def write_run_folder(out: str | os.PathLike, params: Any, *, config: dict, statistics: Any | None = None,

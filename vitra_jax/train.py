@@ -260,7 +260,9 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict
     ckpt = ckpt_lib.Checkpointer(workdir / "checkpoints", every=config.checkpoint.every,
                                  keep_last=config.checkpoint.keep_last, keep_every=config.checkpoint.keep_every,
                                  async_save=config.checkpoint.async_save)
-    meta = {**model_meta(config, abstract_state), "statistics": pipeline.statistics.to_dict()}
+    groups = pipeline.normalization.groups
+    meta = {**model_meta(config, abstract_state), "statistics": pipeline.statistics.to_dict(),
+            "statistics_groups": {name: st.to_dict() for name, st in groups.items()}}
     latest = ckpt.latest_step()
     if latest is not None:
         held = ckpt.read_meta(latest)
@@ -283,6 +285,9 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict
         (workdir / "config.json").write_text(json.dumps(meta["config"], indent=1))
         metrics_lib.trim_log(workdir / "metrics.jsonl", start)
         pipeline.statistics.save(workdir / "statistics.json")
+        if len(groups) > 1:  # data.normalize_by='embodiment': every group's, for export --statistics NAME
+            for name, st in groups.items():
+                st.save(workdir / "statistics" / f"{name}.json")
 
     flops = metrics_lib.flops_per_example(pcfg, abstract_params, pcfg.max_text_len) * config.batch_size
     timer = metrics_lib.StepTimer(config.num_steps, config.batch_size, flops, jax.device_count(),

@@ -47,11 +47,12 @@ def rlds(data_dir, pipeline):
     return out
 
 
-def model_inputs(s, pipeline, sp):
+def model_inputs(s, pipeline, sp, st=None):
     """A raw sample's model inputs from the definitions written out here: Pillow bicubic squash to [-1, 1],
-    (x - mean) / (std + 1e-7) then mask, [BOS] + ids(text + newline) right-padded."""
+    (x - mean) / (std + 1e-7) then mask with `st` (default: the pipeline's statistics), [BOS] + ids(text +
+    newline) right-padded."""
     img = np.asarray(Image.fromarray(s["image"]).resize((SIZE, SIZE), Image.BICUBIC), np.float32) / 127.5 - 1
-    st = pipeline.statistics
+    st = pipeline.statistics if st is None else st
     ids = [sp.bos_id(), *sp.encode(s["instruction"] + "\n")][:TEXT_LEN]
     tokens = np.zeros(TEXT_LEN, np.int32)
     tokens[:len(ids)] = ids
@@ -176,17 +177,29 @@ def test_iterator_restores_exactly_with_worker_processes(data_dir, pipeline):
     del it, resumed, want, got
 
 
-def test_oxe_component_samples_equal_the_registry_mapping(data_dir, pipeline, fixtures_dir):
+@pytest.mark.parametrize("normalize_by", ["mixture", "embodiment"])
+def test_oxe_component_samples_equal_the_registry_mapping(data_dir, pipeline, rlds, fixtures_dir, normalize_by):
     """Bridge (the OXE fixture, TFRecord) mixed with the demo: converted once, its elements equal
-    `oxe.frame_sample` on the episodes read with TFDS, after the same resize/normalize/tokenize."""
+    `oxe.frame_sample` on the episodes read with TFDS, after the same resize/normalize/tokenize; normalized with
+    the mixture's statistics, or (by embodiment) bridge's by bridge's own and the demo's by the demo's."""
     import tensorflow_datasets as tfds
 
     src = fixtures_dir / "oxe" / "bridge_dataset"
     comps = [component("demo", str(data_dir / "frames" / "demo"), 1.0),
              component("bridge_dataset", str(src), 2.0, kind="oxe")]
-    pipe = loader.make_pipeline(data_config(data_dir=str(data_dir), components=comps,
-                                            tokenizer=pipeline.tokenizer_path), image_size=SIZE, max_text_len=TEXT_LEN)
+    pipe = loader.make_pipeline(data_config(data_dir=str(data_dir), components=comps, rephrase=False,
+                                            tokenizer=pipeline.tokenizer_path, normalize_by=normalize_by),
+                                image_size=SIZE, max_text_len=TEXT_LEN)
     assert [s.name for s in pipe.val_sources] == ["demo", "bridge_dataset"]
+    if normalize_by == "mixture":
+        demo_st = bridge_st = pipe.statistics
+    else:  # each as a pipeline of that dataset alone normalizes it
+        bridge_st = loader.make_pipeline(data_config(data_dir=str(data_dir), tokenizer=pipeline.tokenizer_path,
+                                                     components=[comps[1]]), image_size=SIZE,
+                                         max_text_len=TEXT_LEN).statistics
+        demo_st = pipeline.statistics
+        assert pipe.statistics is pipe.normalization.groups["hand_vla"]  # the run's own: the hand data's
+        assert not np.allclose(bridge_st.action_std, demo_st.action_std)
     builder = tfds.builder_from_directory(str(src / "1.0.0"))
     # JPEGs decoded by Pillow here (TF's decoder rounds differently; the store decodes with OpenCV)
     raw = builder.as_dataset(split="train", decoders={"steps": {"observation": {"image_0": tfds.decode.SkipDecoding()}}})
@@ -196,13 +209,20 @@ def test_oxe_component_samples_equal_the_registry_mapping(data_dir, pipeline, fi
     index = mixture.MixtureIndex(pipe.components(), seed=mixture.derive_seed(0, 0))
     batch = next(pipe.train_iterator(12, seed=0))
     oxe_elements = [k for k in range(12) if index[k]["component"] == 1]
-    assert oxe_elements  # bridge carries 2 x 250 of 644 samples per epoch
-    for k in oxe_elements:
+    assert oxe_elements and len(oxe_elements) < 12  # bridge carries 2 x 250 of 644 samples per epoch
+    for k in range(12):
+        got = {key: v[k] for key, v in batch.items()}
+        if k not in oxe_elements:
+            steps, meta = rlds["train"][locate(rlds["train"], index[k]["frame"])[0]]
+            t = locate(rlds["train"], index[k]["frame"])[1]
+            s = chunks.frame_sample(steps, t, main_hand=meta["main_hand"].decode())
+            assert_example(got, model_inputs(s, pipe, sp, demo_st), f"demo {k}")
+            continue
         e, t = locate(episodes, index[k]["frame"])
         steps, meta = episodes[e]
         image = np.asarray(Image.open(io.BytesIO(steps["observation"]["image_0"][t])).convert("RGB"))
         s = oxe.frame_sample(entry, steps, t, image=image, metadata=meta)
-        assert_example({key: v[k] for key, v in batch.items()}, model_inputs(s, pipe, sp), f"bridge {k}")
+        assert_example(got, model_inputs(s, pipe, sp, bridge_st), f"bridge {k}")
 
 
 def test_process_shards_take_whole_rows_of_each_global_batch(pipeline):
@@ -312,6 +332,12 @@ def test_bad_configuration_is_refused(data_dir, tmp_path):
     with pytest.raises(FileNotFoundError, match="tokenizer_vocab"):
         loader.make_pipeline(data_config(data_dir=str(data_dir), components=comps, tokenizer=str(tmp_path / "t.model")),
                              image_size=SIZE, max_text_len=TEXT_LEN)
+    with pytest.raises(ValueError, match=r"normalize_by must be one of \('mixture', 'embodiment'\), got 'robot'"):
+        loader.make_pipeline(data_config(data_dir=str(data_dir), components=comps, normalize_by="robot"),
+                             image_size=SIZE, max_text_len=TEXT_LEN)
+    with pytest.raises(ValueError, match="data.statistics gives one set .* leave it empty"):
+        loader.make_pipeline(data_config(data_dir=str(data_dir), components=comps, normalize_by="embodiment",
+                                         statistics=str(tmp_path / "s.json")), image_size=SIZE, max_text_len=TEXT_LEN)
 
 
 def test_truncated_prompts_are_cut_and_counted(data_dir, pipeline):

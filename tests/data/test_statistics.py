@@ -92,15 +92,18 @@ def test_flip_counts_each_frame_mirrored_by_hand():
     assert unflipped.action_count[0] == 0 and unflipped.action_std[0] == 1
 
 
-def test_combine_is_the_weighted_average_of_means_and_stds():
-    def const(mean, std, frames, left_valid=True):
-        v = np.full(102, mean, float)
-        count = np.full(102, float(frames))
-        if not left_valid:
-            count[:51] = 0
-        return S.DatasetStatistics(v, np.full(102, std), v - 1, v + 1, v, np.full(102, std), v - 1, v + 1,
-                                   num_frames=frames, num_episodes=1, action_count=count, state_count=count)
+def _const(mean, std, frames, left_valid=True):
+    """Statistics of `frames` frames whose every dimension has this mean and std (left hand optionally unseen)."""
+    v = np.full(102, mean, float)
+    count = np.full(102, float(frames))
+    if not left_valid:
+        count[:51] = 0
+    return S.DatasetStatistics(v, np.full(102, std), v - 1, v + 1, v, np.full(102, std), v - 1, v + 1,
+                               num_frames=frames, num_episodes=1, action_count=count, state_count=count)
 
+
+def test_combine_is_the_weighted_average_of_means_and_stds():
+    const = _const
     parts = {"a": const(1.0, 2.0, 100), "b": const(4.0, 1.0, 300, left_valid=False)}
     out = S.combine(parts, {"a": 3.0, "b": 0.5})
     # right dims: weights 3·100 = 300 and 0.5·300 = 150 -> 2/3, 1/3 (a mean of stds, not a pooled std)
@@ -111,6 +114,31 @@ def test_combine_is_the_weighted_average_of_means_and_stds():
     assert out.num_frames == 400 and out.num_episodes == 2
     with pytest.raises(KeyError, match=r"no mixture weight for \['b'\]"):
         S.combine(parts, {"a": 1.0})
+
+
+def test_normalize_by_embodiment_groups_hand_data_and_keeps_each_robot_apart():
+    parts = {"ego4d": _const(1.0, 2.0, 100), "epic": _const(4.0, 1.0, 300),
+             "bridge_dataset": _const(7.0, 0.5, 50, left_valid=False), "kuka": _const(-2.0, 3.0, 80, False)}
+    weights = {"ego4d": 3.0, "epic": 0.5, "bridge_dataset": 0.1, "kuka": 0.2}
+    kinds = {"ego4d": "hand_vla", "epic": "hand_vla", "bridge_dataset": "oxe", "kuka": "oxe"}
+    by = S.mixture_statistics(parts, weights, kinds, "embodiment")
+    assert by.group_of == {"ego4d": "hand_vla", "epic": "hand_vla", "bridge_dataset": "bridge_dataset",
+                           "kuka": "kuka"}
+    assert by.default == "hand_vla" and by.main is by.groups["hand_vla"]
+    # the hand group: weights 3·100 and 0.5·300 -> 2/3, 1/3; the robots: their own numbers on the dims they have
+    assert by.of("epic").action_mean[70] == pytest.approx(2 / 3 * 1 + 1 / 3 * 4)
+    assert by.of("bridge_dataset").action_mean[60] == 7.0 and by.of("bridge_dataset").action_std[60] == 0.5
+    assert by.of("kuka").state_mean[55] == -2.0 and by.of("kuka").state_std[55] == 3.0
+    assert by.of("kuka").action_mean[0] == 0.0 and by.of("kuka").action_std[0] == 1.0  # never seen: identity
+    one = S.mixture_statistics(parts, weights, kinds)  # the release's rule: one set for all
+    assert set(one.groups) == {"mixture"} and set(one.group_of.values()) == {"mixture"}
+    w = np.array([300, 150, 5, 16]) / 471  # weight × frames, all four see the right hand
+    assert one.main.action_mean[60] == pytest.approx(w @ [1.0, 4.0, 7.0, -2.0])
+    robots = S.mixture_statistics({k: parts[k] for k in ("kuka", "bridge_dataset")}, weights,
+                                  {"kuka": "oxe", "bridge_dataset": "oxe"}, "embodiment")
+    assert robots.default == "kuka"  # no hand data: the first component's
+    with pytest.raises(ValueError, match="normalize_by must be one of"):
+        S.mixture_statistics(parts, weights, kinds, "dataset")
 
 
 def test_quantile_sketch_within_its_bound():

@@ -74,7 +74,7 @@ def test_bundle_files_hashes_and_manifest(exported, run_dir):
     for rel in FILES - {"manifest.json"}:
         assert manifest["files"][rel] == hashlib.sha256((out / rel).read_bytes()).hexdigest(), rel
     assert manifest["files"].keys() == FILES - {"manifest.json"}
-    assert manifest["source"] == {"workdir": str(run_dir), "step": STEP, "weights": "params"}
+    assert manifest["source"] == {"workdir": str(run_dir), "step": STEP, "weights": "params", "statistics": "run"}
     assert manifest["qk_norm"] == "timm_0_9_10"
     p = manifest["parity"]
     assert p["max_abs_normalized"] <= p["tolerance"] == 1e-4

@@ -1,6 +1,9 @@
 """The trainer on 8 fake CPU devices with configs/debug.py: it learns, shards as declared, and trains the
 projector while SigLIP stays bit-identical."""
 
+import dataclasses
+import json
+
 import jax
 import numpy as np
 import pytest
@@ -74,3 +77,41 @@ def test_debug_run_learns_sharded_and_freezes_siglip(tmp_path, debug_data_dir, c
     capsys.readouterr()
     train.train(debug_config(debug_data_dir, num_steps=41, **settings), tmp_path / "run")
     assert "resuming with changed settings: log_every: 10 -> 5; num_steps: 40 -> 41" in capsys.readouterr().out
+
+
+def test_a_run_normalized_by_embodiment_exports_a_robots_statistics(tmp_path, debug_data_dir, fixtures_dir):
+    """Demo hand data mixed with Bridge, each normalized by its own statistics: the run keeps every group's,
+    and export --statistics bridge_dataset writes Bridge's into the bundle (the numbers a Bridge-only
+    pipeline normalizes with)."""
+    from vitra_jax import export, runs
+    from vitra_jax.data import loader
+    from vitra_jax.data.config import component
+    from vitra_jax.data.statistics import DatasetStatistics
+
+    comps = [component("demo", str(debug_data_dir / "frames" / "demo")),
+             component("bridge_dataset", str(fixtures_dir / "oxe" / "bridge_dataset"), 0.5, kind="oxe")]
+    config = debug_config(debug_data_dir, num_steps=2, val_every=0, **{
+        "checkpoint.every": 2, "data.components": comps, "data.normalize_by": "embodiment"})
+    workdir = tmp_path / "run"
+    train.train(config, workdir)
+
+    def alone(c):
+        cfg = debug_config(debug_data_dir, **{"data.components": [c]}).data
+        return loader.make_pipeline(cfg, image_size=32, max_text_len=48).statistics
+
+    def same(a: DatasetStatistics, b: DatasetStatistics):
+        for f in dataclasses.fields(DatasetStatistics):
+            np.testing.assert_array_equal(getattr(a, f.name), getattr(b, f.name), f.name)
+
+    bridge, demo = alone(comps[1]), alone(comps[0])
+    assert not np.allclose(bridge.action_std, demo.action_std)
+    same(DatasetStatistics.load(workdir / "statistics.json"), demo)  # the run's own: the hand data's
+    same(DatasetStatistics.load(workdir / "statistics" / "bridge_dataset.json"), bridge)
+    same(runs.read_run(workdir, statistics="bridge_dataset").statistics, bridge)
+    with pytest.raises(runs.RunFolderError, match=r"no statistics named 'kuka' \(it has \['bridge_dataset', "
+                                                  r"'hand_vla'\]\)"):
+        runs.read_run(workdir, statistics="kuka")
+    export.main(["--workdir", str(workdir), "--out", str(tmp_path / "bundle"), "--statistics", "bridge_dataset"])
+    same(DatasetStatistics.load(tmp_path / "bundle" / "dataset_statistics.json"), bridge)
+    manifest = json.loads((tmp_path / "bundle" / "manifest.json").read_text())
+    assert manifest["source"]["statistics"] == "bridge_dataset"

@@ -57,6 +57,9 @@ def data_config(**overrides: Any) -> ml_collections.ConfigDict:
     c.tokenizer_vocab = 0              # > 0: train a sentencepiece model of this size if `tokenizer` is missing
     c.statistics = ""                  # normalization json; '' = compute once per dataset and cache under data_dir
     c.compute_statistics = True        # False: a missing statistics file is an error (MissingStatisticsError)
+    # 'mixture': one set for every component (the release's weighted average); 'embodiment': the hand datasets
+    # share one set, each OXE dataset is normalized by its own (statistics.MixtureStatistics)
+    c.normalize_by = "mixture"
     c.augment = False                  # trajectory-aware augmentation (crop/warp, flip, colour), VITRA §3.4
     c.augment_config = ml_collections.ConfigDict()  # AugmentConfig field overrides
     c.state_dropout = 0.1              # with augmentation: P(both hand states dropped), release state_mask_prob

@@ -37,18 +37,23 @@ DEMO = "demo"
 
 
 class Pipeline:
-    """Opened components, tokenizer and normalizer; makes training iterators and validation batches."""
+    """Opened components, tokenizer and normalizers; makes training iterators and validation batches.
+
+    `statistics` / `normalizer`: the run's own (`MixtureStatistics.main`, saved with its checkpoints);
+    `normalization` holds every group's, and `normalizer_of(component)` is the one a component's samples use."""
 
     def __init__(self, cfg: ml_collections.ConfigDict, train: list[transforms.Source],
                  val: list[transforms.Source], weights: dict[str, float], tokenizer_path: str,
-                 stats: statistics.DatasetStatistics, *, image_size: int, max_text_len: int):
+                 normalization: statistics.MixtureStatistics, *, image_size: int, max_text_len: int):
         from vitra_jax.tokenizer import Tokenizer
 
         self.cfg, self.train_sources, self.val_sources, self.weights = cfg, train, val, weights
         self.tokenizer_path = tokenizer_path
         self.tokenizer = Tokenizer(tokenizer_path)
-        self.statistics = stats
-        self.normalizer = stats.normalizer()
+        self.normalization = normalization
+        self._normalizers = {g: st.normalizer() for g, st in normalization.groups.items()}
+        self.statistics = normalization.main
+        self.normalizer = self._normalizers[normalization.default]
         self.image_size, self.max_text_len = int(image_size), int(max_text_len)
         self._counts = dict.fromkeys(transforms.STAT_NAMES, 0.0)
         self._counts["samples"] = 0.0
@@ -63,6 +68,10 @@ class Pipeline:
         if split == self.cfg.val_split:
             return self.val_sources
         raise ValueError(f"unknown split {split!r}: the pipeline has 'train' and {self.cfg.val_split!r}")
+
+    def normalizer_of(self, component: str):
+        """The normalizer of a component's samples (its group's, `MixtureStatistics`)."""
+        return self._normalizers[self.normalization.group_of[component]]
 
     def components(self, split: str = "train") -> list[mixture.Component]:
         sources = self.sources(split)
@@ -84,7 +93,8 @@ class Pipeline:
         if augment:
             ds = ds.map(transforms.Augment(augment_config(cfg, self.image_size)))
         return ds.map(transforms.ToModelInputs(image_size=self.image_size, max_text_len=self.max_text_len,
-                                               tokenizer_path=self.tokenizer_path, normalizer=self.normalizer))
+                                               tokenizer_path=self.tokenizer_path,
+                                               normalizers=[self.normalizer_of(s.name) for s in sources]))
 
     def _count(self, batch: dict) -> dict:
         """Adds the batch's `_stats` to the counters and returns the model keys as plain numpy arrays."""
@@ -346,19 +356,24 @@ def resolve_components(cfg: ml_collections.ConfigDict) -> list[dict]:
 @dataclasses.dataclass(frozen=True)
 class Prepared:
     """A data config's opened components, tokenizer, per-component statistics (none with `data.statistics`)
-    and the statistics the mixture is normalized with."""
+    and the statistics the mixture is normalized with (`data.normalize_by`)."""
 
     train: list[transforms.Source]
     val: list[transforms.Source]
     weights: dict[str, float]
     tokenizer: str
     statistics: dict[str, statistics.DatasetStatistics]
-    combined: statistics.DatasetStatistics
+    normalization: statistics.MixtureStatistics
 
 
 def prepare(data_cfg: ml_collections.ConfigDict, *, progress: bool = False) -> Prepared:
     """Everything a run needs before its first batch, each step skipped when its output exists: the demo
     build, TFDS -> frame store conversion, the tokenizer, per-component statistics."""
+    if data_cfg.normalize_by not in statistics.NORMALIZE_BY:
+        raise ValueError(f"data.normalize_by must be one of {statistics.NORMALIZE_BY}, got {data_cfg.normalize_by!r}")
+    if data_cfg.statistics and data_cfg.normalize_by != "mixture":
+        raise ValueError(f"data.statistics gives one set of statistics for the whole mixture; with "
+                         f"data.normalize_by={data_cfg.normalize_by!r} leave it empty (each group's are computed)")
     comps = resolve_components(data_cfg)
     train, val = [], []
     for c in comps:
@@ -368,14 +383,18 @@ def prepare(data_cfg: ml_collections.ConfigDict, *, progress: bool = False) -> P
             val.append(_open(c, root, data_cfg.val_split))
     weights = {c["name"]: float(c["weight"]) for c in comps}
     tok = _tokenizer(data_cfg, train)
+    kinds = {s.name: s.kind for s in train}
     if data_cfg.statistics:  # one file replaces the mixture's statistics
-        return Prepared(train, val, weights, tok, {}, statistics.DatasetStatistics.load(data_cfg.statistics))
+        one = statistics.DatasetStatistics.load(data_cfg.statistics)
+        return Prepared(train, val, weights, tok, {},
+                        statistics.MixtureStatistics({"mixture": one}, dict.fromkeys(kinds, "mixture"), "mixture"))
     per = {s.name: source_statistics(s, compute=data_cfg.compute_statistics, progress=progress) for s in train}
-    return Prepared(train, val, weights, tok, per, statistics.combine(per, weights))
+    return Prepared(train, val, weights, tok, per,
+                    statistics.mixture_statistics(per, weights, kinds, data_cfg.normalize_by))
 
 
 def make_pipeline(data_cfg: ml_collections.ConfigDict, *, image_size: int, max_text_len: int) -> Pipeline:
     """Opens (building the demo if asked) every component, the tokenizer and the statistics."""
     p = prepare(data_cfg)
-    return Pipeline(data_cfg, p.train, p.val, p.weights, p.tokenizer, p.combined, image_size=image_size,
+    return Pipeline(data_cfg, p.train, p.val, p.weights, p.tokenizer, p.normalization, image_size=image_size,
                     max_text_len=max_text_len)

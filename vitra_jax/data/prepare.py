@@ -34,6 +34,11 @@ def main(argv: list[str]) -> None:
     print(f"tokenizer: {prepared.tokenizer}")
     if cfg.statistics:
         print(f"statistics: {cfg.statistics} (data.statistics)")
+    norm = prepared.normalization
+    if len(norm.groups) > 1:
+        members = {g: [c for c, cg in norm.group_of.items() if cg == g] for g in norm.groups}
+        print(f"normalized by {cfg.normalize_by}: " + "; ".join(f"{g} ({', '.join(m)})" for g, m in members.items())
+              + f"; the run's statistics.json: {norm.default}")
 
 
 if __name__ == "__main__":

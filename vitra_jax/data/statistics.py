@@ -259,6 +259,54 @@ def combine(stats: Mapping[str, DatasetStatistics], weights: Mapping[str, float]
                              num_episodes=sum(s.num_episodes for s in stats.values()))
 
 
+NORMALIZE_BY = ("mixture", "embodiment")
+HAND_GROUP = "hand_vla"
+
+
+@dataclasses.dataclass(frozen=True)
+class MixtureStatistics:
+    """The statistics a mixture is normalized with: one set per group of components.
+
+    `normalize_by='mixture'` (the release's rule) puts every component in one group, 'mixture', normalized with
+    `combine` over all of them. 'embodiment' gives the hand datasets one group, 'hand_vla' (`combine` over
+    them), and each OXE dataset its own, named as the dataset: a robot's actions are then normalized by its
+    own statistics (as octo and OpenVLA do), not blended with hand motion or other robots' grippers.
+    `default` is the group a run's `statistics.json` holds: 'hand_vla' when the mixture has hand data, else the
+    first component's."""
+
+    groups: dict[str, DatasetStatistics]
+    group_of: dict[str, str]  # component name -> group name
+    default: str
+
+    @property
+    def main(self) -> DatasetStatistics:
+        return self.groups[self.default]
+
+    def of(self, component: str) -> DatasetStatistics:
+        return self.groups[self.group_of[component]]
+
+
+def mixture_statistics(stats: Mapping[str, DatasetStatistics], weights: Mapping[str, float],
+                       kinds: Mapping[str, str], normalize_by: str = "mixture") -> MixtureStatistics:
+    """Groups the components' statistics (ordered as `kinds`, name -> 'hand_vla' | 'oxe') as `normalize_by`
+    says (`MixtureStatistics`) and combines each group with the mixture weights."""
+    if normalize_by not in NORMALIZE_BY:
+        raise ValueError(f"data.normalize_by must be one of {NORMALIZE_BY}, got {normalize_by!r}")
+    if normalize_by == "mixture":
+        group_of = dict.fromkeys(kinds, "mixture")
+    else:
+        group_of = {name: HAND_GROUP if kind == HAND_GROUP else name for name, kind in kinds.items()}
+        clash = [name for name, kind in kinds.items() if name == HAND_GROUP and kind != HAND_GROUP]
+        if clash:
+            raise ValueError(f"an OXE component may not be named {HAND_GROUP!r} (the hand datasets' group)")
+    groups = {}
+    for group in dict.fromkeys(group_of.values()):
+        members = [name for name, g in group_of.items() if g == group]
+        groups[group] = combine({n: stats[n] for n in members}, {n: weights[n] for n in members})
+    default = HAND_GROUP if HAND_GROUP in groups else next(iter(group_of.values()))
+    return MixtureStatistics(groups, group_of, default)
+
+
 def fingerprint(*parts: str) -> str:
     """A short stable hash of the strings that identify a dataset (e.g. its dataset_info.json, a split)."""
     return hashlib.sha256("\x00".join(parts).encode()).hexdigest()[:16]

@@ -97,7 +97,7 @@ class LoadSample(grain.transforms.Map):
         rng = sample_rng(self.seed, record["epoch"], record["index"])
         before = _store_bytes(self.sources[c].store)
         sample = dict(self.load(c, record["frame"], rng if self.rephrase else None))
-        sample["rng"], sample["_kind"] = rng, self.sources[c].kind
+        sample["rng"], sample["_kind"], sample["_component"] = rng, self.sources[c].kind, c
         stats = np.zeros(len(STAT_NAMES), np.float64)
         stats[STAT_NAMES.index("bytes_read")] = _store_bytes(self.sources[c].store) - before
         sample["_stats"] = stats
@@ -120,17 +120,19 @@ class Augment(grain.transforms.Map):
                 out["state"], out["state_mask"] = np.zeros_like(out["state"]), np.zeros_like(out["state_mask"])
             return out
         out = dict(augment.augment_sample(sample, rng, cfg))
-        out["rng"], out["_kind"], out["_stats"] = rng, sample["_kind"], sample["_stats"].copy()
+        out["rng"], out["_kind"], out["_component"] = rng, sample["_kind"], sample["_component"]
+        out["_stats"] = sample["_stats"].copy()
         out["_stats"][STAT_NAMES.index("augment_fallback")] += int(out.pop("augment_fallback", 0))
         return out
 
 
 class ToModelInputs(grain.transforms.Map):
-    """Raw (possibly augmented) sample -> the model's per-example arrays (`policy.fake_batch` keys) + `_stats`."""
+    """Raw (possibly augmented) sample -> the model's per-example arrays (`policy.fake_batch` keys) + `_stats`;
+    state and actions normalized by `normalizers[c]` for a sample of component c."""
 
-    def __init__(self, *, image_size: int, max_text_len: int, tokenizer_path: str, normalizer: Any):
+    def __init__(self, *, image_size: int, max_text_len: int, tokenizer_path: str, normalizers: list[Any]):
         self.image_size, self.max_text_len = int(image_size), int(max_text_len)
-        self.tokenizer_path, self.normalizer = str(tokenizer_path), normalizer
+        self.tokenizer_path, self.normalizers = str(tokenizer_path), list(normalizers)
         self._tokenizer = None
 
     def __getstate__(self):
@@ -152,7 +154,7 @@ class ToModelInputs(grain.transforms.Map):
         tokens, mask = tok.batch_encode([text], self.max_text_len, truncate=True)
         stats = sample["_stats"].copy()
         stats[STAT_NAMES.index("truncated")] += float(truncated)
-        n = self.normalizer
+        n = self.normalizers[sample["_component"]]
         return {
             "images": observation.model_image(sample["image"], self.image_size),
             "tokens": np.asarray(tokens[0], np.int32),
