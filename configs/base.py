@@ -80,4 +80,5 @@ def base_config() -> ml_collections.ConfigDict:
     c.log_every = 50
     c.val_every = 5000                 # 0 disables validation
     c.val_batches = 8
+    c.val_by_component = False         # also each validation component's loss alone (val_loss/<name>)
     return c

@@ -295,8 +295,15 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict
     writer = metrics_lib.MetricWriter(str(workdir / "tensorboard") if main_process else None, resumed_from=start)
     eval_fn = jax.jit(lambda p, b: policy.loss(p, b, jax.random.PRNGKey(1))[0],
                       in_shardings=(shardings.params, batch_sharding))
+
+    def mean_loss(params, batches) -> float:
+        return float(np.mean([float(eval_fn(params, sharding.shard_batch(b, mesh))) for b in batches]))
+
     val = (pipeline.val_batches(config.batch_size // nproc, config.val_batches, process_index=pid,
                                 process_count=nproc) if config.val_every else [])
+    # each component's batches are made at every validation, not held: a mixture may have dozens
+    val_alone = ([s.name for s in pipeline.val_sources]
+                 if val and config.val_by_component and len(pipeline.val_sources) > 1 else [])
     losses: dict[int, float] = {}
     pending = None  # metrics of the step in flight, fetched after the next step is dispatched
     stop = False  # SIGTERM received: save and leave
@@ -326,8 +333,11 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict
                 if report:
                     values |= timer.measure(step)
                     if val and step % config.val_every == 0:
-                        values["val_loss"] = float(np.mean([
-                            float(eval_fn(state.params, sharding.shard_batch(b, mesh))) for b in val]))
+                        values["val_loss"] = mean_loss(state.params, val)
+                        for name in val_alone:
+                            values[f"val_loss/{name}"] = mean_loss(state.params, pipeline.val_batches(
+                                config.batch_size // nproc, config.val_batches, process_index=pid,
+                                process_count=nproc, only=name))
                         timer.restart()  # validation is not training time
                     writer.scalars(step, values)
                     bar.set_postfix_str(metrics_lib.format_line(step, config.num_steps, values))

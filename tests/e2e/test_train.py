@@ -82,7 +82,8 @@ def test_debug_run_learns_sharded_and_freezes_siglip(tmp_path, debug_data_dir, c
 def test_a_run_normalized_by_embodiment_exports_a_robots_statistics(tmp_path, debug_data_dir, fixtures_dir):
     """Demo hand data mixed with Bridge, each normalized by its own statistics: the run keeps every group's,
     and export --statistics bridge_dataset writes Bridge's into the bundle (the numbers a Bridge-only
-    pipeline normalizes with)."""
+    pipeline normalizes with). Validation also reports each component's loss alone, the loss a pipeline of
+    that component alone gives with the saved params."""
     from vitra_jax import export, runs
     from vitra_jax.data import loader
     from vitra_jax.data.config import component
@@ -90,14 +91,17 @@ def test_a_run_normalized_by_embodiment_exports_a_robots_statistics(tmp_path, de
 
     comps = [component("demo", str(debug_data_dir / "frames" / "demo")),
              component("bridge_dataset", str(fixtures_dir / "oxe" / "bridge_dataset"), 0.5, kind="oxe")]
-    config = debug_config(debug_data_dir, num_steps=2, val_every=0, **{
+    config = debug_config(debug_data_dir, num_steps=2, val_every=2, val_by_component=True, **{
         "checkpoint.every": 2, "data.components": comps, "data.normalize_by": "embodiment"})
     workdir = tmp_path / "run"
     train.train(config, workdir)
 
-    def alone(c):
+    def pipeline_of(c):
         cfg = debug_config(debug_data_dir, **{"data.components": [c]}).data
-        return loader.make_pipeline(cfg, image_size=32, max_text_len=48).statistics
+        return loader.make_pipeline(cfg, image_size=32, max_text_len=48)
+
+    def alone(c):
+        return pipeline_of(c).statistics
 
     def same(a: DatasetStatistics, b: DatasetStatistics):
         for f in dataclasses.fields(DatasetStatistics):
@@ -115,3 +119,17 @@ def test_a_run_normalized_by_embodiment_exports_a_robots_statistics(tmp_path, de
     same(DatasetStatistics.load(tmp_path / "bundle" / "dataset_statistics.json"), bridge)
     manifest = json.loads((tmp_path / "bundle" / "manifest.json").read_text())
     assert manifest["source"]["statistics"] == "bridge_dataset"
+
+    from vitra_jax import checkpoint
+
+    policy = train.create(config).policy
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
+                            jax.eval_shape(policy.init, jax.random.PRNGKey(0)))
+    params = checkpoint.restore_params(workdir, abstract)
+    logged = json.loads((workdir / "metrics.jsonl").read_text().splitlines()[1])
+    assert {"val_loss", "val_loss/demo", "val_loss/bridge_dataset"} <= set(logged)
+    for c in comps:
+        batches = pipeline_of(c).val_batches(config.batch_size, config.val_batches)
+        want = np.mean([float(policy.loss(params, b, jax.random.PRNGKey(1))[0]) for b in batches])
+        assert logged[f"val_loss/{c['name']}"] == pytest.approx(want, rel=1e-5), c["name"]

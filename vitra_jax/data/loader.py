@@ -73,20 +73,32 @@ class Pipeline:
         """The normalizer of a component's samples (its group's, `MixtureStatistics`)."""
         return self._normalizers[self.normalization.group_of[component]]
 
-    def components(self, split: str = "train") -> list[mixture.Component]:
-        sources = self.sources(split)
+    def components(self, split: str = "train", only: str | None = None) -> list[mixture.Component]:
+        """The mixture of `split`'s components (with `only`, of that one alone)."""
+        sources = self._sources(split, only)
         return [mixture.Component(s.name, s.store.num_frames, self.weights[s.name]) for s in sources]
 
-    def dataset(self, *, seed: int, augment: bool, split: str = "train", rephrase: bool | None = None,
-                process_index: int = 0, process_count: int = 1, rows: int = 1) -> grain.MapDataset:
-        """Endless MapDataset of model-input examples (with `_stats`) for one process's shard: `rows`
-        consecutive elements of every `rows × process_count` (`mixture.ProcessRows`)."""
+    def _sources(self, split: str, only: str | None) -> list[transforms.Source]:
         sources = self.sources(split)
+        if only is None:
+            return sources
+        picked = [s for s in sources if s.name == only]
+        if not picked:
+            raise ValueError(f"no component {only!r} with a {split!r} split (there are {[s.name for s in sources]})")
+        return picked
+
+    def dataset(self, *, seed: int, augment: bool, split: str = "train", rephrase: bool | None = None,
+                process_index: int = 0, process_count: int = 1, rows: int = 1,
+                only: str | None = None) -> grain.MapDataset:
+        """Endless MapDataset of model-input examples (with `_stats`) for one process's shard: `rows`
+        consecutive elements of every `rows × process_count` (`mixture.ProcessRows`); with `only`, of that
+        component alone."""
+        sources = self._sources(split, only)
         if not sources:
             raise ValueError(f"no component has a {split!r} split")
         cfg = self.cfg
-        ds = mixture.ProcessRows(mixture.MixtureIndex(self.components(split), seed=seed), rows, process_index,
-                                 process_count)
+        ds = mixture.ProcessRows(mixture.MixtureIndex(self.components(split, only), seed=seed), rows,
+                                 process_index, process_count)
         rephrase = cfg.rephrase if rephrase is None else rephrase
         ds = ds.map(transforms.LoadSample(sources, seed=seed, chunk_len=cfg.chunk_len, rephrase=rephrase,
                                           cache_size=cfg.episode_cache))
@@ -128,11 +140,11 @@ class Pipeline:
         return iter(it_ds.map(self._count))
 
     def val_batches(self, batch_size: int, num_batches: int, *, process_index: int = 0,
-                    process_count: int = 1) -> list[dict]:
-        """This process's rows of the first `num_batches` batches of the validation mixture: fixed, no
-        augmentation, captions only."""
+                    process_count: int = 1, only: str | None = None) -> list[dict]:
+        """This process's rows of the first `num_batches` batches of the validation mixture (with `only`, of
+        that component's validation split alone): fixed, no augmentation, captions only."""
         ds = self.dataset(seed=self.cfg.shuffle_seed, augment=False, split=self.cfg.val_split, rephrase=False,
-                          process_index=process_index, process_count=process_count, rows=batch_size)
+                          process_index=process_index, process_count=process_count, rows=batch_size, only=only)
         out = []
         for b in range(num_batches):
             batch = ds.batch(batch_size, drop_remainder=True)[b]
