@@ -79,6 +79,7 @@ def final_finger_error(path: np.ndarray, truth: np.ndarray, mask: np.ndarray,
 def load_run(workdir: pathlib.Path):
     """(config, policy, params, pipeline) of a run folder."""
     from vitra_jax.data import loader
+    from vitra_jax.data.config import saved_data_config
 
     config_file = workdir / "config.json"
     if not config_file.is_file():
@@ -89,7 +90,7 @@ def load_run(workdir: pathlib.Path):
     abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
                             jax.eval_shape(policy.init, jax.random.PRNGKey(0)))
     params = ckpt_lib.restore_params(workdir, abstract)
-    pipeline = loader.make_pipeline(config.data, image_size=policy.cfg.vlm.image_size,
+    pipeline = loader.make_pipeline(saved_data_config(config.data), image_size=policy.cfg.vlm.image_size,
                                     max_text_len=policy.cfg.max_text_len)
     return config, policy, params, pipeline
 

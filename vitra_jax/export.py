@@ -1,9 +1,9 @@
 """Export a trained run as a self-contained PyTorch bundle for the robot PC, behind a parity gate.
 
     python -m vitra_jax.export --workdir out/run --out bundles/run [--step N] [--overwrite] [--tolerance 1e-4]
-        [--statistics NAME]
+        [--statistics_group NAME]
 
-The params of step N (default: the newest checkpoint), the run's dataset statistics (with `--statistics`,
+The params of step N (default: the newest checkpoint), the run's dataset statistics (with `--statistics_group`,
 those of one dataset of a run normalized by embodiment) and tokenizer are written
 in the bundle layout `vitra_jax.deploy.bundle` reads (see docs/deploy.md) into a temporary folder beside
 `--out`. The bundle is then loaded back by the torch-only `load_bundle` and run next to the JAX policy on fixed
@@ -37,7 +37,7 @@ from vitra_jax.deploy.bundle import FORMAT_VERSION, file_hashes  # noqa: E402
 from vitra_jax.deploy.sampling import SAMPLING_DEFAULTS  # noqa: E402
 from vitra_jax.handspace import layout  # noqa: E402
 from vitra_jax.models.policy import PolicyConfig  # noqa: E402
-from vitra_jax.runs import RunCheckpoint, RunFolderError, read_run  # noqa: E402
+from vitra_jax.runs import RunCheckpoint, RunFolderError, read_run, statistics_note  # noqa: E402
 
 GATE_SAMPLES = 2
 
@@ -164,6 +164,9 @@ def export(workdir: str | os.PathLike, out: str | os.PathLike, *, step: int | No
     out = pathlib.Path(out).absolute()
     _check_replaceable(out, overwrite)
     run = run or read_run(workdir, step, tokenizer, ema=ema, statistics=statistics)
+    note = statistics_note(run)
+    if note:
+        print(note)
     with staging_dir(out) as tmp:
         write_bundle_files(run, tmp, preprocess)
         files = file_hashes(tmp)
@@ -214,13 +217,13 @@ def main(argv: list[str] | None = None) -> None:
                     "(optim.ema_decay > 0) instead of the params")
     ap.add_argument("--preprocess", choices=["squash", "official"], default="squash",
                     help="image preprocessing the bundle applies: 'squash' as in training, 'official' as the release")
-    ap.add_argument("--statistics", default=None, help="a run normalized by embodiment: the dataset whose "
+    ap.add_argument("--statistics_group", default=None, help="a run normalized by embodiment: the dataset whose "
                     "statistics the bundle unnormalizes with (an OXE name, or hand_vla; default: the run's own)")
     args = ap.parse_args(argv)
     try:
         manifest = export(args.workdir, args.out, step=args.step, overwrite=args.overwrite,
                           tolerance=args.tolerance, tokenizer=args.tokenizer, preprocess=args.preprocess, ema=args.ema,
-                          statistics=args.statistics)
+                          statistics=args.statistics_group)
     except (FileNotFoundError, FileExistsError, RunFolderError, ParityError) as e:
         raise SystemExit(f"vitra_jax.export: {e}") from None
     p = manifest["parity"]

@@ -2,7 +2,8 @@
 
     python -m vitra_jax.release import --src weights.pt|RELEASE_DIR --out RUN_DIR [--official_config config.json] \
         [--statistics dataset_statistics.json] [--tokenizer tokenizer.model] [--config NAME] [--max_text_len 64]
-    python -m vitra_jax.release export --src RUN_DIR [--step N] --out RELEASE_DIR [--vlm_name NAME]
+    python -m vitra_jax.release export --src RUN_DIR [--step N] --out RELEASE_DIR [--vlm_name NAME] \
+        [--statistics_group NAME]
 
 `import` writes RUN_DIR as a run folder with one params-only checkpoint (step 0) that
 `vitra_jax.export --workdir RUN_DIR` exports and a training config starts from with
@@ -23,7 +24,7 @@ import pathlib
 from vitra_jax.atomic_dirs import atomic_output_dir
 from vitra_jax.data.statistics import load_official
 from vitra_jax.models.paligemma import paligemma_config
-from vitra_jax.runs import RunFolderError, read_run, write_run_folder
+from vitra_jax.runs import RunFolderError, read_run, statistics_note, write_run_folder
 from vitra_jax.weights import official
 
 
@@ -72,6 +73,9 @@ def export_checkpoint(src: str | os.PathLike, out: str | os.PathLike, *, step: i
     """A run folder's step -> the release's `weights.pt`, `config.json`, `dataset_statistics.json` in `out`
     (`statistics`: one named group of a run normalized by embodiment, as `runs.read_run`)."""
     run = read_run(src, step, need_tokenizer=False, statistics=statistics)
+    note = statistics_note(run)
+    if note:
+        print(note)
     release_config = official.official_config(run.cfg, vlm_name)  # refuses what the release cannot express
     with atomic_output_dir(out) as tmp:
         official.save_official_checkpoint(run.params, run.cfg, tmp / "weights.pt")
@@ -98,7 +102,7 @@ def main(argv: list[str] | None = None) -> None:
     exp.add_argument("--step", type=int, default=None, help="checkpoint step (default: newest)")
     exp.add_argument("--vlm_name", default=None, help="the release config's vlm.pretrained_model_name_or_path "
                      "when the VLM is not a PaliGemma-2 3B")
-    exp.add_argument("--statistics", default=None, help="a run normalized by embodiment: the dataset whose "
+    exp.add_argument("--statistics_group", default=None, help="a run normalized by embodiment: the dataset whose "
                      "statistics to write (default: the run's own)")
     args = ap.parse_args(argv)
     try:
@@ -106,7 +110,7 @@ def main(argv: list[str] | None = None) -> None:
             import_checkpoint(args.src, args.out, official_config=args.official_config, statistics=args.statistics,
                               tokenizer=args.tokenizer, vlm=args.config, max_text_len=args.max_text_len)
         else:
-            export_checkpoint(args.src, args.out, step=args.step, vlm_name=args.vlm_name, statistics=args.statistics)
+            export_checkpoint(args.src, args.out, step=args.step, vlm_name=args.vlm_name, statistics=args.statistics_group)
     except (FileNotFoundError, FileExistsError, official.OfficialFormatError, RunFolderError) as e:
         raise SystemExit(f"vitra_jax.release: {e}") from None
     print(f"wrote {args.out}")

@@ -37,6 +37,15 @@ class RunCheckpoint:
     tokenizer: pathlib.Path | None
     weights: str = "params"  # which tree of the train state: "params" or "ema_params"
     statistics_group: str | None = None  # a group of data.normalize_by='embodiment'; None: the run's own
+    statistics_groups: tuple[str, ...] = ()  # every group the run recorded
+
+
+def statistics_note(run: RunCheckpoint) -> str | None:
+    """For a run normalized by embodiment exported with its own statistics: which those are, and the others."""
+    if run.statistics_group is not None or len(run.statistics_groups) < 2:
+        return None
+    return (f"note: {run.workdir} was normalized by embodiment; writing its own statistics (statistics.json). For "
+            f"a robot of one of its datasets give --statistics_group with one of {list(run.statistics_groups)}")
 
 
 def policy_config_from_dict(d: dict) -> PolicyConfig:
@@ -99,8 +108,8 @@ def read_run(workdir: str | os.PathLike, step: int | None = None, tokenizer: str
 
         cfg = variants.from_config(ml_collections.ConfigDict(meta["config"]["model"]))
     cfg = dataclasses.replace(cfg, vlm=dataclasses.replace(cfg.vlm, dtype="float32", remat_policy="none"))
+    groups = meta.get("statistics_groups", {})
     if statistics is not None:
-        groups = meta.get("statistics_groups", {})
         if statistics not in groups:
             raise RunFolderError(f"{workdir} step {step} has no statistics named {statistics!r} "
                                  f"(it has {sorted(groups) or 'none by name'})")
@@ -120,7 +129,8 @@ def read_run(workdir: str | os.PathLike, step: int | None = None, tokenizer: str
                              "export without --ema")
     weights = "ema_params" if ema else "params"
     params = ckpt_lib.restore_params(steps[step], abstract, tree=weights)
-    return RunCheckpoint(workdir, step, cfg, params, stats, tok, weights=weights, statistics_group=statistics)
+    return RunCheckpoint(workdir, step, cfg, params, stats, tok, weights=weights, statistics_group=statistics,
+                         statistics_groups=tuple(groups))
 
 
 def write_run_folder(out: str | os.PathLike, params: Any, *, config: dict, statistics: Any | None = None,

@@ -19,6 +19,7 @@ import dataclasses
 import json
 import os
 import pathlib
+import shutil
 from typing import Any
 from collections.abc import Callable
 
@@ -178,6 +179,10 @@ def resume_problems(held: dict, now: dict) -> list[str]:
     then, model = held["config"].get("model", {}), now["config"]["model"]
     problems += [f"model.{k}: {then.get(k)!r} -> {model.get(k)!r}" for k in MODEL_DEFINING
                  if then.get(k) != model.get(k)]
+    # the targets the weights learned would be normalized otherwise
+    was, now_by = held["config"].get("data", {}).get("normalize_by", "mixture"), now["config"]["data"]["normalize_by"]
+    if was != now_by:
+        problems.append(f"data.normalize_by: {was!r} -> {now_by!r}")
     return problems
 
 
@@ -285,7 +290,8 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict
         (workdir / "config.json").write_text(json.dumps(meta["config"], indent=1))
         metrics_lib.trim_log(workdir / "metrics.jsonl", start)
         pipeline.statistics.save(workdir / "statistics.json")
-        if len(groups) > 1:  # data.normalize_by='embodiment': every group's, for export --statistics NAME
+        if config.data.normalize_by == "embodiment":  # every group's, for export --statistics_group NAME
+            shutil.rmtree(workdir / "statistics", ignore_errors=True)
             for name, st in groups.items():
                 st.save(workdir / "statistics" / f"{name}.json")
 

@@ -340,6 +340,20 @@ def test_bad_configuration_is_refused(data_dir, tmp_path):
                                          statistics=str(tmp_path / "s.json")), image_size=SIZE, max_text_len=TEXT_LEN)
 
 
+def test_a_data_section_recorded_before_newer_fields_still_opens(data_dir, pipeline):
+    import json
+
+    from vitra_jax.data.config import saved_data_config
+
+    saved = json.loads(data_config(data_dir=str(data_dir), tokenizer=pipeline.tokenizer_path,
+                                   rephrase=False).to_json_best_effort())
+    del saved["normalize_by"]  # a run folder written before the field existed
+    cfg = saved_data_config(saved)
+    assert cfg.normalize_by == "mixture" and cfg.rephrase is False and cfg.data_dir == str(data_dir)
+    pipe = loader.make_pipeline(cfg, image_size=SIZE, max_text_len=TEXT_LEN)
+    np.testing.assert_array_equal(pipe.statistics.action_std, pipeline.statistics.action_std)
+
+
 def test_truncated_prompts_are_cut_and_counted(data_dir, pipeline):
     sp = spm.SentencePieceProcessor(model_file=pipeline.tokenizer_path)
     short = 8

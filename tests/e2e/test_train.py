@@ -81,7 +81,7 @@ def test_debug_run_learns_sharded_and_freezes_siglip(tmp_path, debug_data_dir, c
 
 def test_a_run_normalized_by_embodiment_exports_a_robots_statistics(tmp_path, debug_data_dir, fixtures_dir):
     """Demo hand data mixed with Bridge, each normalized by its own statistics: the run keeps every group's,
-    and export --statistics bridge_dataset writes Bridge's into the bundle (the numbers a Bridge-only
+    and export --statistics_group bridge_dataset writes Bridge's into the bundle (the numbers a Bridge-only
     pipeline normalizes with). Validation also reports each component's loss alone, the loss a pipeline of
     that component alone gives with the saved params."""
     from vitra_jax import export, runs
@@ -115,7 +115,14 @@ def test_a_run_normalized_by_embodiment_exports_a_robots_statistics(tmp_path, de
     with pytest.raises(runs.RunFolderError, match=r"no statistics named 'kuka' \(it has \['bridge_dataset', "
                                                   r"'hand_vla'\]\)"):
         runs.read_run(workdir, statistics="kuka")
-    export.main(["--workdir", str(workdir), "--out", str(tmp_path / "bundle"), "--statistics", "bridge_dataset"])
+    assert sorted(p.name for p in (workdir / "statistics").iterdir()) == ["bridge_dataset.json", "hand_vla.json"]
+    assert "--statistics_group with one of ['hand_vla', 'bridge_dataset']" in runs.statistics_note(
+        runs.read_run(workdir))
+    # the same workdir under the release's one-set rule would train on targets normalized otherwise: refused
+    with pytest.raises(ValueError, match=r"data.normalize_by: 'embodiment' -> 'mixture'"):
+        train.train(debug_config(debug_data_dir, num_steps=3, val_every=0, **{
+            "data.components": comps, "data.normalize_by": "mixture"}), workdir)
+    export.main(["--workdir", str(workdir), "--out", str(tmp_path / "bundle"), "--statistics_group", "bridge_dataset"])
     same(DatasetStatistics.load(tmp_path / "bundle" / "dataset_statistics.json"), bridge)
     manifest = json.loads((tmp_path / "bundle" / "manifest.json").read_text())
     assert manifest["source"]["statistics"] == "bridge_dataset"

@@ -45,6 +45,13 @@ def oxe_components(oxe_root: str, weights: Mapping[str, float] | None = None,
     return [component(name, f"{oxe_root}/{name}", w * scale, kind="oxe") for name, w in weights.items()]
 
 
+def saved_data_config(saved: Mapping[str, Any]) -> ml_collections.ConfigDict:
+    """The data section a run recorded (its config.json), with defaults for fields added since it was written."""
+    c = data_config()
+    c.update(saved)
+    return c
+
+
 def data_config(**overrides: Any) -> ml_collections.ConfigDict:
     """Defaults for the procedural demo dataset; keyword arguments replace fields (unknown names raise)."""
     c = ml_collections.ConfigDict()
