@@ -4,10 +4,12 @@ At every frame of every episode of the validation split, the policy samples acti
 classifier-free guidance) which are integrated into wrist paths from the observed state. Printed: the wrist
 error and the mean absolute finger-angle error (all 45 MANO angles; for an XHand run, `model.loss_type` 'robot',
 the 12 its joints drive) at the last valid chunk step against the ground truth, averaged over every hand with a
-valid action, next to a hand that stays still. Written to the workdir: these figures (`evaluation.json`);
-for frames t in `--pictures`, `prediction_ep{e}_t{t}.png` (ground-truth wrist paths green, sampled ones
-magenta); and `loss.png` (the training loss from `metrics.jsonl`). The run's model, data, tokenizer and
-statistics come from its saved config and newest checkpoint.
+valid action, next to a hand that stays still; for a mixture, also per component (`by_component`). An OXE
+robot's "wrist" is its end effector in its base frame and its finger error is its gripper slot's (n/a without
+one). Written to the workdir: these figures (`evaluation.json`); for frames t in `--pictures` of hand data,
+`prediction_ep{e}_t{t}.png` (ground-truth wrist paths green, sampled ones magenta; robot paths are in the
+base frame and not drawn); and `loss.png` (the training loss from `metrics.jsonl`). The run's model, data,
+tokenizer and statistics come from its saved config and newest checkpoint.
 """
 
 from __future__ import annotations
@@ -102,23 +104,33 @@ def evaluate(workdir: str | os.PathLike, pictures: tuple[int, ...] = (0, 4, 8), 
     workdir = pathlib.Path(workdir)
     config, policy, params, pipeline = load_run(workdir)
     xhand = config.model.get("loss_type", "human") == "robot"
-    finger_dims = robots.FINGER_INDEX if xhand else None
-    model_err, still_err, model_finger, still_finger, drawn = [], [], [], [], 0
+    kinds = {src.name: src.kind for src in pipeline.sources(config.data.val_split)}
+    errors: dict[str, dict[str, list[float]]] = {}  # component -> policy / still × wrist / finger
+    drawn = 0
     for s in pipeline.samples(config.data.val_split):
         if not s["action_mask"].any():
             continue
         pred = inference.predict_action(policy, params, s["image"], s["instruction"], s["state"], s["state_mask"],
-                                        s["action_mask"], s["fov"], pipeline.tokenizer, pipeline.normalizer_of(s["component"]),
-                                        num_samples=num_samples, rng=jax.random.PRNGKey(seed + s["t"]))
+                                        s["action_mask"], s["fov"], pipeline.tokenizer,
+                                        pipeline.normalizer_of(s["component"]), num_samples=num_samples,
+                                        rng=jax.random.PRNGKey(seed + s["t"]))
         truth = trajectory.integrate_actions(s["state"], s["actions"])
         hand_mask = s["action_mask"][:, [0, layout.HAND_DIM]]
         mean_path = pred["trajectory"].mean(0)
-        model_err += final_wrist_error(mean_path, truth, hand_mask)
         still = np.repeat(s["state"][None].astype(np.float64), len(truth), 0)
-        still_err += final_wrist_error(still, truth, hand_mask)
-        model_finger += final_finger_error(mean_path, truth, hand_mask, finger_dims)
-        still_finger += final_finger_error(still, truth, hand_mask, finger_dims)
-        if s["t"] not in pictures:
+        if kinds[s["component"]] == "oxe":  # a robot's one finger slot: its gripper, when it has one
+            fingers = s["action_mask"][:, layout.hand_part("right", layout.FINGERS)]
+            finger_dims = np.flatnonzero(fingers.any(0))
+        else:
+            finger_dims = robots.FINGER_INDEX if xhand else None
+        e = errors.setdefault(s["component"], {"policy": [], "still": [], "policy_finger": [], "still_finger": []})
+        e["policy"] += final_wrist_error(mean_path, truth, hand_mask)
+        e["still"] += final_wrist_error(still, truth, hand_mask)
+        if finger_dims is None or len(finger_dims):
+            e["policy_finger"] += final_finger_error(mean_path, truth, hand_mask, finger_dims)
+            e["still_finger"] += final_finger_error(still, truth, hand_mask, finger_dims)
+        # robot paths are in the robot's base frame, not the camera's: nothing to draw on the image
+        if s["t"] not in pictures or kinds[s["component"]] == "oxe":
             continue
         img, k = viz.upscale(s["image"], s["intrinsics"], 4)
         path_mask = np.vstack([hand_mask[:1], hand_mask])
@@ -127,31 +139,53 @@ def evaluate(workdir: str | os.PathLike, pictures: tuple[int, ...] = (0, 4, 8), 
             viz.draw_wrist_paths(img, k, path, path_mask, viz.PREDICTION)
         viz.save_rgb(workdir / f"prediction_ep{s['episode']}_t{s['t']:02d}.png", img)
         drawn += 1
-    if not model_err:
+    if not any(e["policy"] for e in errors.values()):
         raise ValueError("no validation frame has a valid action to evaluate")
     losses = [json.loads(line)["loss"] for line in (workdir / "metrics.jsonl").read_text().splitlines()]
     viz.save_rgb(workdir / "loss.png", viz.loss_curve(np.asarray(losses)))
-    results = {"policy_error_m": float(np.mean(model_err)), "still_error_m": float(np.mean(still_err)),
-               "policy_finger_error_deg": float(np.degrees(np.mean(model_finger))),
-               "still_finger_error_deg": float(np.degrees(np.mean(still_finger))),
+    everything = {k: [x for e in errors.values() for x in e[k]] for k in ("policy", "still", "policy_finger",
+                                                                          "still_finger")}
+    results = {**_figures(everything),
                "finger_angles": "the 12 XHand joints" if xhand else "45 MANO finger angles",
-               "evaluated_hands": len(model_err), "pictures": drawn,
-               "loss_start": float(np.mean(losses[:20])), "loss_end": float(np.mean(losses[-20:]))}
+               "pictures": drawn, "loss_start": float(np.mean(losses[:20])), "loss_end": float(np.mean(losses[-20:]))}
+    if len(errors) > 1:
+        results["by_component"] = {name: _figures(e) for name, e in errors.items()}
     (workdir / "evaluation.json").write_text(json.dumps(results, indent=1) + "\n")
     return results
 
 
+def _figures(e: dict[str, list[float]]) -> dict:
+    """Mean errors (m, degrees) of one set of hands; finger figures are None where no finger slot was valid
+    (a robot without a gripper)."""
+    def deg(x):
+        return float(np.degrees(np.mean(x))) if x else None
+
+    return {"policy_error_m": float(np.mean(e["policy"])), "still_error_m": float(np.mean(e["still"])),
+            "policy_finger_error_deg": deg(e["policy_finger"]), "still_finger_error_deg": deg(e["still_finger"]),
+            "evaluated_hands": len(e["policy"])}
+
+
 def report(results: dict) -> str:
-    return "\n".join([
+    lines = [
         "| what | value |", "|---|---|",
         f"| training loss, first 20 steps -> last 20 steps | {results['loss_start']:.4f} -> "
         f"{results['loss_end']:.4f} |",
         f"| held-out wrist error at chunk end, policy (mean of samples) | {100 * results['policy_error_m']:.2f} cm |",
         f"| held-out wrist error at chunk end, hand-stays-still baseline | {100 * results['still_error_m']:.2f} cm |",
         f"| held-out finger-angle error at chunk end ({results['finger_angles']}), policy / baseline | "
-        f"{results['policy_finger_error_deg']:.2f}° / {results['still_finger_error_deg']:.2f}° |",
+        f"{_deg(results['policy_finger_error_deg'])} / {_deg(results['still_finger_error_deg'])} |",
         f"| hands evaluated / pictures | {results['evaluated_hands']} / {results['pictures']} |",
-    ])
+    ]
+    for name, r in results.get("by_component", {}).items():
+        lines.append(f"| {name}: wrist error policy / baseline, finger error policy / baseline, hands | "
+                     f"{100 * r['policy_error_m']:.2f} / {100 * r['still_error_m']:.2f} cm, "
+                     f"{_deg(r['policy_finger_error_deg'])} / {_deg(r['still_finger_error_deg'])}, "
+                     f"{r['evaluated_hands']} |")
+    return "\n".join(lines)
+
+
+def _deg(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.2f}°"
 
 
 def main(argv: list[str]) -> None:

@@ -140,3 +140,29 @@ def test_a_run_normalized_by_embodiment_exports_a_robots_statistics(tmp_path, de
         batches = pipeline_of(c).val_batches(config.batch_size, config.val_batches)
         want = np.mean([float(policy.loss(params, b, jax.random.PRNGKey(1))[0]) for b in batches])
         assert logged[f"val_loss/{c['name']}"] == pytest.approx(want, rel=1e-5), c["name"]
+
+    # Evaluation: figures per component, which make up the overall ones; pictures of hand data only.
+    from vitra_jax import evaluate
+
+    figures = evaluate.evaluate(workdir, pictures=(0,), num_samples=1)
+    parts = figures["by_component"]
+    assert set(parts) == {"demo", "bridge_dataset"}
+    n = {name: parts[name]["evaluated_hands"] for name in parts}
+    assert figures["evaluated_hands"] == sum(n.values())
+    assert figures["policy_error_m"] == pytest.approx(
+        sum(n[k] * parts[k]["policy_error_m"] for k in parts) / sum(n.values()), rel=1e-9)
+    bridge_val = pipeline_of(comps[1]).val_sources[0].store
+    assert n["bridge_dataset"] == bridge_val.num_frames  # one arm per frame, every frame's first step valid
+    # a robot's finger error is its gripper's (dim 57, the right hand's first finger angle), not 45 empty angles:
+    # for the baseline, the gripper's change from the observed state to the chunk's last valid step
+    from vitra_jax.handspace import trajectory
+
+    changes = []
+    for smp in pipeline_of(comps[1]).samples("val"):
+        last = np.flatnonzero(smp["action_mask"][:, 57])[-1] + 1
+        end = trajectory.integrate_actions(smp["state"], smp["actions"])[last, 57]
+        changes.append(abs((end - smp["state"][57] + np.pi) % (2 * np.pi) - np.pi))
+    assert parts["bridge_dataset"]["still_finger_error_deg"] == pytest.approx(np.degrees(np.mean(changes)))
+    demo_val = pipeline_of(comps[0]).val_sources[0].store
+    assert sorted(p.name for p in workdir.glob("prediction_*.png")) == [
+        f"prediction_ep{e}_t00.png" for e in range(demo_val.num_episodes)]
