@@ -5,8 +5,9 @@ classifier-free guidance) which are integrated into wrist paths from the observe
 error and the mean absolute finger-angle error (all 45 MANO angles; for an XHand run, `model.loss_type` 'robot',
 the 12 its joints drive) at the last valid chunk step against the ground truth, averaged over every hand with a
 valid action, next to a hand that stays still; for a mixture, also per component (`by_component`). An OXE
-robot's "wrist" is its end effector in its base frame and its finger error is its gripper slot's (n/a without
-one). Written to the workdir: these figures (`evaluation.json`); for frames t in `--pictures` of hand data,
+robot's "wrist" is its end effector in its base frame; instead of finger angles it has a gripper error in the
+dataset's own units (`policy_gripper_error`; the baseline only where the state holds the gripper), kept out of
+the overall finger figure. Written to the workdir: these figures (`evaluation.json`); for frames t in `--pictures` of hand data,
 `prediction_ep{e}_t{t}.png` (ground-truth wrist paths green, sampled ones magenta; robot paths are in the
 base frame and not drawn); and `loss.png` (the training loss from `metrics.jsonl`). The run's model, data,
 tokenizer and statistics come from its saved config and newest checkpoint.
@@ -29,9 +30,14 @@ from absl import app, flags  # noqa: E402
 from vitra_jax import checkpoint as ckpt_lib  # noqa: E402
 from vitra_jax import inference  # noqa: E402
 from vitra_jax import viz  # noqa: E402
+from vitra_jax.data.oxe import GRIPPER_DIM as GRIPPER  # noqa: E402
 from vitra_jax.handspace import layout, robots, trajectory  # noqa: E402
 from vitra_jax.models import policy as policy_lib  # noqa: E402
 from vitra_jax.models import variants  # noqa: E402
+
+
+# per component: wrist errors of the policy and the baseline; finger errors (hand data); gripper errors (OXE)
+FIGURES = ("policy", "still", "policy_finger", "still_finger", "policy_gripper", "still_gripper")
 
 
 def _define_flags() -> None:
@@ -61,6 +67,16 @@ def final_wrist_error(path: np.ndarray, truth: np.ndarray, mask: np.ndarray) -> 
         sl = layout.hand_part(hand, layout.TRANS)
         errors.append(float(np.linalg.norm(path[k, sl] - truth[k, sl])))
     return errors
+
+
+def final_gripper_error(path: np.ndarray, truth: np.ndarray, action_mask: np.ndarray) -> list[float]:
+    """|predicted − true| gripper value (an OXE robot's slot, dim 57, in the dataset's own units) at the last
+    step where it is valid; none when the robot has no gripper."""
+    valid = np.flatnonzero(action_mask[:, GRIPPER])
+    if not len(valid):
+        return []
+    k = valid[-1] + 1  # path row 0 is the observed state
+    return [float(abs(path[k, GRIPPER] - truth[k, GRIPPER]))]
 
 
 def final_finger_error(path: np.ndarray, truth: np.ndarray, mask: np.ndarray,
@@ -118,17 +134,17 @@ def evaluate(workdir: str | os.PathLike, pictures: tuple[int, ...] = (0, 4, 8), 
         hand_mask = s["action_mask"][:, [0, layout.HAND_DIM]]
         mean_path = pred["trajectory"].mean(0)
         still = np.repeat(s["state"][None].astype(np.float64), len(truth), 0)
-        if kinds[s["component"]] == "oxe":  # a robot's one finger slot: its gripper, when it has one
-            fingers = s["action_mask"][:, layout.hand_part("right", layout.FINGERS)]
-            finger_dims = np.flatnonzero(fingers.any(0))
-        else:
-            finger_dims = robots.FINGER_INDEX if xhand else None
-        e = errors.setdefault(s["component"], {"policy": [], "still": [], "policy_finger": [], "still_finger": []})
+        e = errors.setdefault(s["component"], {k: [] for k in FIGURES})
         e["policy"] += final_wrist_error(mean_path, truth, hand_mask)
         e["still"] += final_wrist_error(still, truth, hand_mask)
-        if finger_dims is None or len(finger_dims):
-            e["policy_finger"] += final_finger_error(mean_path, truth, hand_mask, finger_dims)
-            e["still_finger"] += final_finger_error(still, truth, hand_mask, finger_dims)
+        if kinds[s["component"]] == "oxe":
+            e["policy_gripper"] += final_gripper_error(mean_path, truth, s["action_mask"])
+            if s["state_mask"][GRIPPER]:  # without an observed gripper there is no "stays still"
+                e["still_gripper"] += final_gripper_error(still, truth, s["action_mask"])
+        else:
+            dims = robots.FINGER_INDEX if xhand else None
+            e["policy_finger"] += final_finger_error(mean_path, truth, hand_mask, dims)
+            e["still_finger"] += final_finger_error(still, truth, hand_mask, dims)
         # robot paths are in the robot's base frame, not the camera's: nothing to draw on the image
         if s["t"] not in pictures or kinds[s["component"]] == "oxe":
             continue
@@ -143,8 +159,7 @@ def evaluate(workdir: str | os.PathLike, pictures: tuple[int, ...] = (0, 4, 8), 
         raise ValueError("no validation frame has a valid action to evaluate")
     losses = [json.loads(line)["loss"] for line in (workdir / "metrics.jsonl").read_text().splitlines()]
     viz.save_rgb(workdir / "loss.png", viz.loss_curve(np.asarray(losses)))
-    everything = {k: [x for e in errors.values() for x in e[k]] for k in ("policy", "still", "policy_finger",
-                                                                          "still_finger")}
+    everything = {k: [x for e in errors.values() for x in e[k]] for k in FIGURES}
     results = {**_figures(everything),
                "finger_angles": "the 12 XHand joints" if xhand else "45 MANO finger angles",
                "pictures": drawn, "loss_start": float(np.mean(losses[:20])), "loss_end": float(np.mean(losses[-20:]))}
@@ -155,14 +170,17 @@ def evaluate(workdir: str | os.PathLike, pictures: tuple[int, ...] = (0, 4, 8), 
 
 
 def _figures(e: dict[str, list[float]]) -> dict:
-    """Mean errors (m, degrees) of one set of hands; finger figures are None where no finger slot was valid
-    (a robot without a gripper)."""
-    def deg(x):
-        return float(np.degrees(np.mean(x))) if x else None
+    """Mean errors of one set of hands (None where nothing was measured): wrist (m), finger angles of hand data
+    (degrees), and OXE grippers (`gripper_error`, in each dataset's own units)."""
+    def mean(x, scale=1.0):
+        return float(scale * np.mean(x)) if x else None
 
-    return {"policy_error_m": float(np.mean(e["policy"])), "still_error_m": float(np.mean(e["still"])),
-            "policy_finger_error_deg": deg(e["policy_finger"]), "still_finger_error_deg": deg(e["still_finger"]),
-            "evaluated_hands": len(e["policy"])}
+    out = {"policy_error_m": mean(e["policy"]), "still_error_m": mean(e["still"]),
+           "policy_finger_error_deg": mean(e["policy_finger"], 180 / np.pi),
+           "still_finger_error_deg": mean(e["still_finger"], 180 / np.pi), "evaluated_hands": len(e["policy"])}
+    if e["policy_gripper"]:
+        out |= {"policy_gripper_error": mean(e["policy_gripper"]), "still_gripper_error": mean(e["still_gripper"])}
+    return out
 
 
 def report(results: dict) -> str:
@@ -177,15 +195,25 @@ def report(results: dict) -> str:
         f"| hands evaluated / pictures | {results['evaluated_hands']} / {results['pictures']} |",
     ]
     for name, r in results.get("by_component", {}).items():
-        lines.append(f"| {name}: wrist error policy / baseline, finger error policy / baseline, hands | "
-                     f"{100 * r['policy_error_m']:.2f} / {100 * r['still_error_m']:.2f} cm, "
-                     f"{_deg(r['policy_finger_error_deg'])} / {_deg(r['still_finger_error_deg'])}, "
-                     f"{r['evaluated_hands']} |")
+        if "policy_gripper_error" in r:
+            hand = f"gripper {_num(r['policy_gripper_error'])} / {_num(r['still_gripper_error'])} (its units)"
+        else:
+            hand = f"fingers {_deg(r['policy_finger_error_deg'])} / {_deg(r['still_finger_error_deg'])}"
+        lines.append(f"| {name} ({r['evaluated_hands']} hands), policy / baseline | wrist "
+                     f"{_cm(r['policy_error_m'])} / {_cm(r['still_error_m'])}, {hand} |")
     return "\n".join(lines)
 
 
 def _deg(x: float | None) -> str:
     return "n/a" if x is None else f"{x:.2f}°"
+
+
+def _cm(x: float | None) -> str:
+    return "n/a" if x is None else f"{100 * x:.2f} cm"
+
+
+def _num(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.4g}"
 
 
 def main(argv: list[str]) -> None:

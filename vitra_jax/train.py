@@ -307,9 +307,11 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict
 
     val = (pipeline.val_batches(config.batch_size // nproc, config.val_batches, process_index=pid,
                                 process_count=nproc) if config.val_every else [])
-    # each component's batches are made at every validation, not held: a mixture may have dozens
-    val_alone = ([s.name for s in pipeline.val_sources]
-                 if val and config.val_by_component and len(pipeline.val_sources) > 1 else [])
+    # each component's batches are made at every validation, not held: a mixture may have dozens; a small split
+    # takes no more batches than it fills (the count is global, so every process runs as many)
+    val_alone = ({s.name: min(config.val_batches, -(-pipeline.val_frames(s.name) // config.batch_size))
+                  for s in pipeline.val_sources}
+                 if val and config.val_by_component and len(pipeline.val_sources) > 1 else {})
     losses: dict[int, float] = {}
     pending = None  # metrics of the step in flight, fetched after the next step is dispatched
     stop = False  # SIGTERM received: save and leave
@@ -332,18 +334,20 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict
                 _write(log, *_record(*pending, losses))
             pending = (step, out)
             stop = preempt.requested(step)
-            report = step % config.log_every == 0 or (val and step % config.val_every == 0)
+            # no validation once preempted: the save must come within the grace period
+            validate = bool(val) and step % config.val_every == 0 and not stop
+            report = step % config.log_every == 0 or validate
             if report or ckpt.due(step) or stop or step == config.num_steps:
                 _, values = _record(*pending, losses)
                 pending = None
                 if report:
                     values |= timer.measure(step)
-                    if val and step % config.val_every == 0:
+                    if validate:
                         values["val_loss"] = mean_loss(state.params, val)
-                        for name in val_alone:
+                        for name, batches in val_alone.items():
                             values[f"val_loss/{name}"] = mean_loss(state.params, pipeline.val_batches(
-                                config.batch_size // nproc, config.val_batches, process_index=pid,
-                                process_count=nproc, only=name))
+                                config.batch_size // nproc, batches, process_index=pid, process_count=nproc,
+                                only=name))
                         timer.restart()  # validation is not training time
                     writer.scalars(step, values)
                     bar.set_postfix_str(metrics_lib.format_line(step, config.num_steps, values))

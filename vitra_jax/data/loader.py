@@ -142,15 +142,21 @@ class Pipeline:
     def val_batches(self, batch_size: int, num_batches: int, *, process_index: int = 0,
                     process_count: int = 1, only: str | None = None) -> list[dict]:
         """This process's rows of the first `num_batches` batches of the validation mixture (with `only`, of
-        that component's validation split alone): fixed, no augmentation, captions only."""
+        that component's validation split alone): fixed, no augmentation, captions only; read by
+        `read_threads` threads."""
         ds = self.dataset(seed=self.cfg.shuffle_seed, augment=False, split=self.cfg.val_split, rephrase=False,
                           process_index=process_index, process_count=process_count, rows=batch_size, only=only)
+        ds = ds.batch(batch_size, drop_remainder=True)[:num_batches]
+        threads = max(1, self.cfg.read_threads)
         out = []
-        for b in range(num_batches):
-            batch = ds.batch(batch_size, drop_remainder=True)[b]
+        for batch in ds.to_iter_dataset(grain.ReadOptions(num_threads=threads, prefetch_buffer_size=threads)):
             batch.pop("_stats")
             out.append(batch)
         return out
+
+    def val_frames(self, only: str) -> int:
+        """Frames of a component's validation split."""
+        return self._sources(self.cfg.val_split, only)[0].store.num_frames
 
     def samples(self, split: str = "val", max_samples: int | None = None) -> Iterator[dict]:
         """Raw frame samples (image uint8 at stored size, unnormalized targets) of every frame of `split`,
