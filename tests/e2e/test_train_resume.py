@@ -85,7 +85,7 @@ def test_sigterm_saves_the_current_step_and_stops(tmp_path, debug_data_dir):
 
     from vitra_jax import train
 
-    config = debug_config(debug_data_dir, num_steps=1000, val_every=0, **{"checkpoint.every": 500})
+    config = debug_config(debug_data_dir, num_steps=1000, val_every=1, **{"checkpoint.every": 500})
     log = tmp_path / "run" / "metrics.jsonl"
 
     def preempt():  # as a cluster scheduler would, once training is under way
@@ -99,4 +99,7 @@ def test_sigterm_saves_the_current_step_and_stops(tmp_path, debug_data_dir):
     assert 2 <= last < 500 and result["preempted"]  # stopped early, before any periodic checkpoint was due
     saved = sorted(int(p.name) for p in (tmp_path / "run" / "checkpoints").glob("[0-9]*"))
     assert saved == [last]
+    rows = [json.loads(line) for line in log.read_text().splitlines()]
+    assert rows[-1]["step"] == last and "val_loss" not in rows[-1]  # no validation once preempted
+    assert all("val_loss" in r for r in rows[:-1])
     assert signal.getsignal(signal.SIGTERM) is not None  # the previous handler is back
