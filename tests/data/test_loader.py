@@ -191,6 +191,11 @@ def test_oxe_component_samples_equal_the_registry_mapping(data_dir, pipeline, rl
                                             tokenizer=pipeline.tokenizer_path, normalize_by=normalize_by),
                                 image_size=SIZE, max_text_len=TEXT_LEN)
     assert [s.name for s in pipe.val_sources] == ["demo", "bridge_dataset"]
+    from vitra_jax.data import prepare
+
+    lines = prepare.describe(loader.prepare(pipe.cfg), pipe.cfg)
+    grouped = "normalized by embodiment: hand_vla (demo); bridge_dataset (bridge_dataset); the run's statistics.json: hand_vla"
+    assert (grouped in lines) == (normalize_by == "embodiment"), lines
     if normalize_by == "mixture":
         demo_st = bridge_st = pipe.statistics
     else:  # each as a pipeline of that dataset alone normalizes it

@@ -18,27 +18,34 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 from absl import app, flags  # noqa: E402
 
 
+def describe(prepared, cfg) -> list[str]:
+    """The lines `main` prints for a `loader.Prepared` of the data config `cfg`."""
+    lines = []
+    for src in prepared.train:
+        st = prepared.statistics.get(src.name)
+        line = (f"{src.name} ({src.kind}, weight {prepared.weights[src.name]:g}): {src.store.num_episodes} "
+                f"episodes, {src.store.num_frames} frames at {src.store.path}")
+        lines.append(line + (f"; statistics over {st.num_frames} frames" if st is not None else ""))
+    lines.append(f"validation components: {[s.name for s in prepared.val] or 'none'}")
+    lines.append(f"tokenizer: {prepared.tokenizer}")
+    if cfg.statistics:
+        lines.append(f"statistics: {cfg.statistics} (data.statistics)")
+    norm = prepared.normalization
+    if len(norm.groups) > 1:
+        members = {g: [c for c, cg in norm.group_of.items() if cg == g] for g in norm.groups}
+        lines.append(f"normalized by {cfg.normalize_by}: "
+                     + "; ".join(f"{g} ({', '.join(m)})" for g, m in members.items())
+                     + f"; the run's statistics.json: {norm.default}")
+    return lines
+
+
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     from vitra_jax.data import loader
 
     cfg = flags.FLAGS.config.data
-    prepared = loader.prepare(cfg, progress=True)
-    for src in prepared.train:
-        st = prepared.statistics.get(src.name)
-        line = (f"{src.name} ({src.kind}, weight {prepared.weights[src.name]:g}): {src.store.num_episodes} "
-                f"episodes, {src.store.num_frames} frames at {src.store.path}")
-        print(line + (f"; statistics over {st.num_frames} frames" if st is not None else ""))
-    print(f"validation components: {[s.name for s in prepared.val] or 'none'}")
-    print(f"tokenizer: {prepared.tokenizer}")
-    if cfg.statistics:
-        print(f"statistics: {cfg.statistics} (data.statistics)")
-    norm = prepared.normalization
-    if len(norm.groups) > 1:
-        members = {g: [c for c, cg in norm.group_of.items() if cg == g] for g in norm.groups}
-        print(f"normalized by {cfg.normalize_by}: " + "; ".join(f"{g} ({', '.join(m)})" for g, m in members.items())
-              + f"; the run's statistics.json: {norm.default}")
+    print("\n".join(describe(loader.prepare(cfg, progress=True), cfg)))
 
 
 if __name__ == "__main__":
