@@ -9,6 +9,7 @@
     #   --config=configs/pretrain.py:frames=/data/vitra1m_frames,oxe=/data/oxe_frames
     #   --config=configs/pretrain.py:frames=/data/vitra1m_frames,oxe=/data/oxe_frames,oxe_names=bridge_dataset+fractal20220817_data
     # and --config.data.normalize_by=embodiment to normalize each robot by its own statistics (docs/data.md)
+    # and --config.val_by_component=True to log each dataset's validation loss (val_loss/<name>)
 
 Recipe (vitra_official.md §4): global batch 512; AdamW (0.9, 0.999), weight decay 0.1 on matrices and the
 cognition token; gradient clip 1.0; lr 1e-5 for the whole PaliGemma-2 except SigLIP (Gemma-2, word embeddings,
