@@ -45,6 +45,8 @@ def _define_flags() -> None:
     flags.DEFINE_string("workdir", None, "Run folder written by vitra_jax.train.")
     flags.DEFINE_list("pictures", ["0", "4", "8"], "Anchor frames drawn for each held-out episode.")
     flags.DEFINE_integer("num_samples", 4, "Action chunks sampled per observation.")
+    flags.DEFINE_integer("frames_per_component", 0, "Evaluate this many frames of each component, evenly spaced "
+                         "over its held-out split (0: every frame).")
     flags.mark_flags_as_required(["workdir"])
 
 
@@ -114,16 +116,18 @@ def load_run(workdir: pathlib.Path):
 
 
 def evaluate(workdir: str | os.PathLike, pictures: tuple[int, ...] = (0, 4, 8), num_samples: int = 4,
-             seed: int = 0) -> dict:
-    """Figures of the run in `workdir` on its validation split; writes them to `evaluation.json` there, next to
-    the pictures."""
+             seed: int = 0, frames_per_component: int = 0) -> dict:
+    """Figures of the run in `workdir` on its validation split (with `frames_per_component`, that many frames of
+    each component, evenly spaced); writes them to `evaluation.json` there, next to the pictures."""
+    if frames_per_component < 0:
+        raise ValueError(f"frames_per_component must be >= 0 (0: every frame), got {frames_per_component}")
     workdir = pathlib.Path(workdir)
     config, policy, params, pipeline = load_run(workdir)
     xhand = config.model.get("loss_type", "human") == "robot"
     kinds = {src.name: src.kind for src in pipeline.sources(config.data.val_split)}
     errors: dict[str, dict[str, list[float]]] = {}  # component -> policy / still × wrist / finger
     drawn = 0
-    for s in pipeline.samples(config.data.val_split):
+    for s in pipeline.samples(config.data.val_split, per_component=frames_per_component or None):
         if not s["action_mask"].any():
             continue
         pred = inference.predict_action(policy, params, s["image"], s["instruction"], s["state"], s["state_mask"],
@@ -226,7 +230,8 @@ def main(argv: list[str]) -> None:
         logging.set_verbosity(logging.WARNING)  # orbax logs every read at INFO
     tfds.disable_progress_bar()
     f = flags.FLAGS
-    results = evaluate(f.workdir, tuple(int(t) for t in f.pictures), f.num_samples)
+    results = evaluate(f.workdir, tuple(int(t) for t in f.pictures), f.num_samples,
+                       frames_per_component=f.frames_per_component)
     print(report(results))
     print(f"figures in {f.workdir}/evaluation.json, pictures in {f.workdir}/ (prediction_*.png, loss.png)")
 

@@ -126,6 +126,11 @@ def test_raw_samples_walk_the_val_split_in_order(pipeline, rlds):
         np.testing.assert_array_equal(s["image"], want["image"])
         np.testing.assert_array_equal(s["actions"], want["actions"])
         assert s["instruction"] == want["instruction"]
+    # a few frames evenly spread over the split: the first, the last and three between, as numbered in the loop
+    flat = [(e, t) for e, (steps, _) in enumerate(rlds["val"]) for t in range(len(steps["is_first"]))]
+    picks = [0, (len(flat) - 1) / 4, (len(flat) - 1) / 2, 3 * (len(flat) - 1) / 4, len(flat) - 1]
+    spread = [(s["episode"], s["t"]) for s in pipeline.samples("val", per_component=5)]
+    assert spread == [flat[int(np.round(i))] for i in picks]
 
 
 def test_augmented_samples_draw_everything_from_the_per_sample_generator(data_dir, pipeline, rlds):

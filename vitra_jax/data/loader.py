@@ -158,16 +158,21 @@ class Pipeline:
         """Frames of a component's validation split."""
         return self._sources(self.cfg.val_split, only)[0].store.num_frames
 
-    def samples(self, split: str = "val", max_samples: int | None = None) -> Iterator[dict]:
+    def samples(self, split: str = "val", max_samples: int | None = None,
+                per_component: int | None = None) -> Iterator[dict]:
         """Raw frame samples (image uint8 at stored size, unnormalized targets) of every frame of `split`,
-        component by component, episode by episode; captions, no augmentation. Each also names where it comes
-        from: `component` (name), `episode` (index in the component's split) and `t` (frame in the episode)."""
+        component by component, episode by episode; captions, no augmentation. With `per_component`, that many
+        frames of each component, evenly spaced over its split. Each also names where it comes from:
+        `component` (name), `episode` (index in the component's split) and `t` (frame in the episode)."""
         sources = self.sources(split)
         loader = transforms.LoadSample(sources, seed=0, chunk_len=self.cfg.chunk_len,
                                        cache_size=self.cfg.episode_cache)
         n = 0
         for c, src in enumerate(sources):
-            for frame in range(src.store.num_frames):
+            frames = range(src.store.num_frames)
+            if per_component is not None and per_component < len(frames):
+                frames = np.linspace(0, len(frames) - 1, per_component).round().astype(int)
+            for frame in frames:
                 if max_samples is not None and n >= max_samples:
                     return
                 episode, t = (int(v[0]) for v in src.store.locate(np.asarray([frame])))
