@@ -124,6 +124,7 @@ def evaluate(workdir: str | os.PathLike, pictures: tuple[int, ...] = (0, 4, 8), 
     workdir = pathlib.Path(workdir)
     config, policy, params, pipeline = load_run(workdir)
     xhand = config.model.get("loss_type", "human") == "robot"
+    finger_dims = robots.FINGER_INDEX if xhand else None
     kinds = {src.name: src.kind for src in pipeline.sources(config.data.val_split)}
     errors: dict[str, dict[str, list[float]]] = {}  # component -> policy / still × wrist / finger
     drawn = 0
@@ -146,9 +147,8 @@ def evaluate(workdir: str | os.PathLike, pictures: tuple[int, ...] = (0, 4, 8), 
             if s["state_mask"][GRIPPER]:  # without an observed gripper there is no "stays still"
                 e["still_gripper"] += final_gripper_error(still, truth, s["action_mask"])
         else:
-            dims = robots.FINGER_INDEX if xhand else None
-            e["policy_finger"] += final_finger_error(mean_path, truth, hand_mask, dims)
-            e["still_finger"] += final_finger_error(still, truth, hand_mask, dims)
+            e["policy_finger"] += final_finger_error(mean_path, truth, hand_mask, finger_dims)
+            e["still_finger"] += final_finger_error(still, truth, hand_mask, finger_dims)
         # robot paths are in the robot's base frame, not the camera's: nothing to draw on the image
         if s["t"] not in pictures or kinds[s["component"]] == "oxe":
             continue

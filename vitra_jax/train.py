@@ -309,7 +309,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict
                                 process_count=nproc) if config.val_every else [])
     # each component's batches are made at every validation, not held: a mixture may have dozens; a small split
     # takes no more batches than it fills (the count is global, so every process runs as many)
-    val_alone = ({s.name: min(config.val_batches, -(-pipeline.val_frames(s.name) // config.batch_size))
+    val_alone = ({s.name: min(config.val_batches, -(-s.store.num_frames // config.batch_size))
                   for s in pipeline.val_sources}
                  if val and config.val_by_component and len(pipeline.val_sources) > 1 else {})
     losses: dict[int, float] = {}

@@ -154,10 +154,6 @@ class Pipeline:
             out.append(batch)
         return out
 
-    def val_frames(self, only: str) -> int:
-        """Frames of a component's validation split."""
-        return self._sources(self.cfg.val_split, only)[0].store.num_frames
-
     def samples(self, split: str = "val", max_samples: int | None = None,
                 per_component: int | None = None) -> Iterator[dict]:
         """Raw frame samples (image uint8 at stored size, unnormalized targets) of every frame of `split`,
@@ -392,8 +388,7 @@ class Prepared:
 def prepare(data_cfg: ml_collections.ConfigDict, *, progress: bool = False) -> Prepared:
     """Everything a run needs before its first batch, each step skipped when its output exists: the demo
     build, TFDS -> frame store conversion, the tokenizer, per-component statistics."""
-    if data_cfg.normalize_by not in statistics.NORMALIZE_BY:
-        raise ValueError(f"data.normalize_by must be one of {statistics.NORMALIZE_BY}, got {data_cfg.normalize_by!r}")
+    statistics.check_normalize_by(data_cfg.normalize_by)  # before any conversion or statistics pass
     if data_cfg.statistics and data_cfg.normalize_by != "mixture":
         raise ValueError(f"data.statistics gives one set of statistics for the whole mixture; with "
                          f"data.normalize_by={data_cfg.normalize_by!r} leave it empty (each group's are computed)")

@@ -286,12 +286,16 @@ class MixtureStatistics:
         return self.groups[self.group_of[component]]
 
 
+def check_normalize_by(normalize_by: str) -> None:
+    if normalize_by not in NORMALIZE_BY:
+        raise ValueError(f"data.normalize_by must be one of {NORMALIZE_BY}, got {normalize_by!r}")
+
+
 def mixture_statistics(stats: Mapping[str, DatasetStatistics], weights: Mapping[str, float],
                        kinds: Mapping[str, str], normalize_by: str = "mixture") -> MixtureStatistics:
     """Groups the components' statistics (ordered as `kinds`, name -> 'hand_vla' | 'oxe') as `normalize_by`
     says (`MixtureStatistics`) and combines each group with the mixture weights."""
-    if normalize_by not in NORMALIZE_BY:
-        raise ValueError(f"data.normalize_by must be one of {NORMALIZE_BY}, got {normalize_by!r}")
+    check_normalize_by(normalize_by)
     if normalize_by == "mixture":
         group_of = dict.fromkeys(kinds, "mixture")
     else:
